@@ -1,0 +1,160 @@
+// AVX-512 VNNI GEMM: a register-blocked micro-kernel of MR rows x NP panels (16 columns
+// each) built on vpdpbusd, which multiplies unsigned activation bytes by signed weight
+// bytes and adds groups of four into int32 lanes without saturating.
+//
+// Each k-group: NP weight vectors are loaded once and reused by MR broadcast activation
+// dwords, so the 8x48 tile issues 24 vpdpbusd per 3 loads + 8 broadcasts. Accumulators
+// stay in registers for the whole K; the epilogue is applied straight from them.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include "epilogue_ref.h"
+#include "kernels.h"
+
+namespace int8kit::detail {
+namespace {
+
+constexpr int kMaxRows = 8;
+constexpr int kMaxPanels = 6;
+
+struct Tile {
+  const GemmArgs& g;
+  int64_t m;  // first row
+  int64_t p;  // first panel
+};
+
+// Loads the 4 activation bytes of k-group `grp` of a row, reading no byte past K.
+inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
+  const int64_t k0 = grp * kKGroup;
+  int32_t v = 0;
+  if (k0 + kKGroup <= k) {
+    std::memcpy(&v, row + k0, kKGroup);
+  } else {
+    std::memcpy(&v, row + k0, static_cast<size_t>(k - k0));
+  }
+  return _mm512_set1_epi32(v);
+}
+
+template <int MR, int NP>
+inline void accumulate(const Tile& t, __m512i (&acc)[MR][NP]) {
+  const GemmArgs& g = t.g;
+  const int64_t full_groups = g.B.k / kKGroup;
+  const int64_t stride = g.B.panel_bytes();
+  const int8_t* b = g.B.panel(t.p);
+  const uint8_t* a = g.A + t.m * g.lda;
+  const int64_t lda = g.lda;
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
+
+  for (int64_t grp = 0; grp < full_groups; ++grp) {
+    __m512i w[NP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) w[j] = _mm512_loadu_si512(b + j * stride + grp * 64);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      int32_t v;
+      std::memcpy(&v, a + i * lda + grp * kKGroup, sizeof(v));
+      const __m512i av = _mm512_set1_epi32(v);
+#pragma GCC unroll 8
+      for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, w[j]);
+    }
+  }
+  if (full_groups < g.B.k_groups) {  // K % 4 != 0: one partial group
+    const int64_t grp = full_groups;
+    __m512i w[NP];
+    for (int j = 0; j < NP; ++j) w[j] = _mm512_loadu_si512(b + j * stride + grp * 64);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i av = broadcast_group(a + i * lda, grp, g.B.k);
+      for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, w[j]);
+    }
+  }
+}
+
+// Applies the epilogue of epilogue_ref.h to one 16-lane accumulator and stores the valid
+// columns.
+inline void store_vec(const GemmArgs& g, int64_t m, int64_t n0, __m512i acc) {
+  const int64_t valid = g.B.n - n0;
+  const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
+  const __m512i colsum = _mm512_loadu_si512(g.B.colsum + n0);  // padded to 16, always safe
+  const __m512i zp = _mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]);
+  acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zp, colsum));
+  if (g.out == OutKind::s32) {
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.C) + m * g.ldc + n0, mask, acc);
+    return;
+  }
+  const __m512 ws = g.w_scale_stride == 0 ? _mm512_set1_ps(g.w_scale[0])
+                                          : _mm512_maskz_loadu_ps(mask, g.w_scale + n0);
+  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m * g.a_scale_stride]), ws);
+  const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n0) : _mm512_setzero_ps();
+  __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
+  if (g.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+  if (g.out == OutKind::f32) {
+    _mm512_mask_storeu_ps(static_cast<float*>(g.C) + m * g.ldc + n0, mask, y);
+    return;
+  }
+  __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(g.out_inv_scale));
+  t = _mm512_max_ps(t, _mm512_set1_ps(-kRequantClamp));  // t first: NaN -> low clamp
+  t = _mm512_min_ps(t, _mm512_set1_ps(kRequantClamp));
+  __m512i q = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  q = _mm512_add_epi32(q, _mm512_set1_epi32(g.out_zp));
+  q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.C) + m * g.ldc + n0, mask, q);
+}
+
+template <int MR, int NP>
+void tile_kernel(const Tile& t) {
+  __m512i acc[MR][NP];
+  accumulate<MR, NP>(t, acc);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NP; ++j) store_vec(t.g, t.m + i, (t.p + j) * kPanel, acc[i][j]);
+}
+
+using TileFn = void (*)(const Tile&);
+
+template <int MR, int... NPs>
+constexpr auto row_of(std::integer_sequence<int, NPs...>) {
+  return std::array<TileFn, sizeof...(NPs)>{&tile_kernel<MR, NPs + 1>...};
+}
+
+template <int... MRs>
+constexpr auto make_table(std::integer_sequence<int, MRs...>) {
+  return std::array<std::array<TileFn, kMaxPanels>, sizeof...(MRs)>{
+      row_of<MRs + 1>(std::make_integer_sequence<int, kMaxPanels>{})...};
+}
+
+// kTiles[MR-1][NP-1]; only the shapes that fit in 32 zmm registers are ever called.
+const auto kTiles = make_table(std::make_integer_sequence<int, kMaxRows>{});
+
+// Widest panel step for a given row count: 8x3 (24 accumulators) for full tiles, wider for
+// the few-row case so there are still enough independent accumulator chains.
+inline int panels_for_rows(int mr) { return mr <= 2 ? 6 : (mr <= 4 ? 4 : 3); }
+
+}  // namespace
+
+void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  // Row blocks keep the A rows being reused (MC x K) within about half of L2.
+  const int64_t mc = std::max<int64_t>(kMaxRows, ((int64_t(1) << 20) / g.B.k) / kMaxRows * kMaxRows);
+  for (int64_t mb = m0; mb < m1; mb += mc) {
+    const int64_t me = std::min(m1, mb + mc);
+    const int widest = panels_for_rows(static_cast<int>(std::min<int64_t>(me - mb, kMaxRows)));
+    for (int64_t p = p0; p < p1; p += widest) {
+      const int np = static_cast<int>(std::min<int64_t>(widest, p1 - p));
+      for (int64_t m = mb; m < me; m += kMaxRows) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, me - m));
+        const int np_fit = std::min(np, panels_for_rows(mr));
+        for (int64_t q = p; q < p + np; q += np_fit) {
+          const int npq = static_cast<int>(std::min<int64_t>(np_fit, p + np - q));
+          kTiles[mr - 1][npq - 1](Tile{g, m, q});
+        }
+      }
+    }
+  }
+}
+
+}  // namespace int8kit::detail

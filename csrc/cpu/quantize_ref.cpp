@@ -1,0 +1,46 @@
+// Scalar activation quantization (oracle), and the shared parameter formula.
+#include <cfloat>
+#include <cmath>
+
+#include "kernels.h"
+
+namespace int8kit {
+
+void choose_qparams_u8(float lo, float hi, float* scale, int32_t* zp) {
+  lo = lo < 0.f ? lo : 0.f;
+  hi = hi > 0.f ? hi : 0.f;
+  float s = (hi - lo) / 255.f;
+  s = s > FLT_EPSILON ? s : FLT_EPSILON;
+  float z = 0.f - std::nearbyint(lo / s);
+  z = z < 0.f ? 0.f : (z > 255.f ? 255.f : z);
+  *scale = s;
+  *zp = static_cast<int32_t>(z);
+}
+
+namespace detail {
+
+MinMax minmax_scalar(const float* x, int64_t n) {
+  float lo = x[0], hi = x[0];
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    finite = finite && std::isfinite(v);
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  return {lo, hi, finite};
+}
+
+void quantize_u8_scalar(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  for (int64_t i = 0; i < n; ++i) {
+    float t = x[i] * inv_scale;
+    // Clamp in float first so huge values cannot overflow the int conversion.
+    t = t > -1e9f ? t : -1e9f;
+    t = t < 1e9f ? t : 1e9f;
+    int32_t v = static_cast<int32_t>(std::nearbyint(t)) + zp;
+    q[i] = static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+  }
+}
+
+}  // namespace detail
+}  // namespace int8kit
