@@ -15,19 +15,32 @@ namespace int8kit {
 
 namespace {
 
-// 12 independent chains hide vpdpbusd's latency; one iteration is 12 instructions.
+// 12 independent chains hide vpdpbusd's latency; one iteration is 12 instructions. Named
+// variables (not an array) so the accumulators stay in registers.
 __attribute__((noinline)) int32_t vpdpbusd_loop(int64_t iters) {
-  __m512i acc[12];
-  for (auto& a : acc) a = _mm512_setzero_si512();
   const __m512i x = _mm512_set1_epi32(0x01010101), y = _mm512_set1_epi32(0x01020304);
+  // Distinct start values so the compiler cannot merge identical chains.
+  __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2),
+          a3 = _mm512_set1_epi32(3), a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5),
+          a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7), a8 = _mm512_set1_epi32(8),
+          a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
   for (int64_t i = 0; i < iters; ++i) {
-    for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, y);
-    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]),
-                     "+v"(acc[5]), "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]),
-                     "+v"(acc[10]), "+v"(acc[11]));
+    a0 = _mm512_dpbusd_epi32(a0, x, y);
+    a1 = _mm512_dpbusd_epi32(a1, x, y);
+    a2 = _mm512_dpbusd_epi32(a2, x, y);
+    a3 = _mm512_dpbusd_epi32(a3, x, y);
+    a4 = _mm512_dpbusd_epi32(a4, x, y);
+    a5 = _mm512_dpbusd_epi32(a5, x, y);
+    a6 = _mm512_dpbusd_epi32(a6, x, y);
+    a7 = _mm512_dpbusd_epi32(a7, x, y);
+    a8 = _mm512_dpbusd_epi32(a8, x, y);
+    a9 = _mm512_dpbusd_epi32(a9, x, y);
+    a10 = _mm512_dpbusd_epi32(a10, x, y);
+    a11 = _mm512_dpbusd_epi32(a11, x, y);
   }
-  __m512i s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm512_add_epi32(s, acc[i]);
+  __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                               _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+  s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
   return _mm512_reduce_add_epi32(s);
 }
 

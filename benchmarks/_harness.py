@@ -1,0 +1,344 @@
+"""Shared helpers for int8kit's microbenchmarks.
+
+- ``time_interleaved``: times a dict of zero-argument callables in the same process,
+  round-robin (the order rotates every round, so each contender follows every other one
+  equally often), after a warm-up, and returns medians and quartiles per contender. The
+  number of rounds is chosen from the warm-up unless given.
+- ``measure_vnni_peak``: the machine's int8 VNNI peak for a thread count (max of a few runs).
+- ``format_table``, ``write_json``, ``machine_info``, ``parse_int_list``, ``parse_shapes``.
+
+Nothing here knows about a particular operator; ``bench_gemm.py`` (and later
+``bench_linear.py`` / ``bench_conv.py``) build the contenders and call these.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Timing:
+    """Per-contender result of ``time_interleaved`` (all times in seconds)."""
+
+    median_s: float
+    p25_s: float
+    p75_s: float
+    min_s: float
+    rounds: int
+    warmup_calls: int
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median (0.05 = 5 %)."""
+        return (self.p75_s - self.p25_s) / self.median_s if self.median_s > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spread_iqr_rel"] = self.spread
+        return d
+
+
+def _quantile(sorted_vals: Sequence[float], q: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    pos = q * (len(sorted_vals) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def time_interleaved(
+    contenders: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int | None = None,
+    target_s: float = 0.3,
+    min_rounds: int = 5,
+    max_rounds: int = 20000,
+    warmup_s: float = 0.05,
+    min_warmup_calls: int = 3,
+    rotate: bool = True,
+) -> dict[str, Timing]:
+    """Times every callable in ``contenders`` interleaved and returns a ``Timing`` each.
+
+    Warm-up: round-robin until every contender ran ``min_warmup_calls`` times and at least
+    ``warmup_s`` seconds went by. The warm-up calls (the first excepted) give a per-call
+    estimate; unless ``rounds`` is given, the number of timed rounds is chosen so that the
+    whole measurement takes about ``target_s`` seconds per contender
+    (``target_s * len(contenders)`` in all), clamped to [min_rounds, max_rounds].
+
+    Each timed round calls every contender once, one after another, the start of the order
+    rotating by one every round. A call's return value is released after the clock stops.
+    The garbage collector is off while timing.
+    """
+    names = list(contenders)
+    if not names:
+        return {}
+    fns = [contenders[n] for n in names]
+    clock = time.perf_counter_ns
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        # warm-up
+        warm: list[list[float]] = [[] for _ in names]
+        t_start = time.perf_counter()
+        while True:
+            for i, fn in enumerate(fns):
+                t0 = clock()
+                res = fn()
+                t1 = clock()
+                del res
+                warm[i].append((t1 - t0) * 1e-9)
+            if (len(warm[0]) >= min_warmup_calls
+                    and time.perf_counter() - t_start >= warmup_s):
+                break
+        est = [statistics.median(w[1:] if len(w) > 1 else w) for w in warm]
+        if rounds is None:
+            per_round = max(sum(est), 1e-9)
+            rounds = math.ceil(target_s * len(names) / per_round)
+            rounds = max(min_rounds, min(max_rounds, rounds))
+        rounds = max(1, int(rounds))
+
+        samples: list[list[float]] = [[0.0] * rounds for _ in names]
+        n = len(names)
+        for r in range(rounds):
+            shift = r % n if rotate else 0
+            for j in range(n):
+                i = (j + shift) % n
+                fn = fns[i]
+                t0 = clock()
+                res = fn()
+                t1 = clock()
+                del res
+                samples[i][r] = (t1 - t0) * 1e-9
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    out: dict[str, Timing] = {}
+    for i, name in enumerate(names):
+        s = sorted(samples[i])
+        out[name] = Timing(
+            median_s=statistics.median(s),
+            p25_s=_quantile(s, 0.25),
+            p75_s=_quantile(s, 0.75),
+            min_s=s[0],
+            rounds=rounds,
+            warmup_calls=len(warm[i]),
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- peak
+
+
+def measure_vnni_peak(threads: int, repeats: int = 5, iters: int | None = None) -> dict:
+    """int8 ops/s of int8kit's tight vpdpbusd loop at ``threads``: max over ``repeats`` runs.
+
+    Returns {"threads", "ops_per_s" (the max), "runs" (every run)}; "ops_per_s" is None with
+    a "reason" when the CPU has no AVX-512 VNNI or int8kit cannot be imported.
+    """
+    try:
+        from int8kit import ops
+    except Exception as e:  # pragma: no cover - depends on the build
+        return {"threads": threads, "ops_per_s": None, "runs": [],
+                "reason": f"int8kit not importable: {e}"}
+    kwargs = {} if iters is None else {"iters": int(iters)}
+    runs = []
+    try:
+        ops.vnni_peak_ops_per_second(threads, **kwargs)  # warm-up (clocks, thread start)
+        for _ in range(repeats):
+            runs.append(float(ops.vnni_peak_ops_per_second(threads, **kwargs)))
+    except Exception as e:
+        return {"threads": threads, "ops_per_s": None, "runs": runs,
+                "reason": f"{type(e).__name__}: {e}"}
+    return {"threads": threads, "ops_per_s": max(runs), "runs": runs}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]],
+                 align: str | None = None) -> str:
+    """Plain-text table. ``align``: one char per column, 'l' or 'r' (default: first column
+    left, the rest right). Cells are str()-ed."""
+    rows = [[str(c) for c in r] for r in rows]
+    headers = [str(h) for h in headers]
+    ncol = len(headers)
+    if align is None:
+        align = "l" + "r" * (ncol - 1)
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+
+    def line(cells):
+        parts = []
+        for i, c in enumerate(cells):
+            parts.append(c.ljust(widths[i]) if align[i] == "l" else c.rjust(widths[i]))
+        return "  ".join(parts).rstrip()
+
+    sep = "  ".join("-" * w for w in widths).rstrip()
+    return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
+def fmt_us(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    us = seconds * 1e6
+    if us >= 100000:
+        return f"{us:,.0f}"
+    if us >= 100:
+        return f"{us:.0f}"
+    return f"{us:.1f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Timing):
+        return o.to_dict()
+    return str(o)
+
+
+def write_json(path: str, payload: dict) -> str:
+    """Writes ``payload`` as indented JSON, creating parent folders; returns the path."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=_json_default, allow_nan=True)
+        f.write("\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except (OSError, AttributeError):
+        return None
+
+
+def machine_info() -> dict:
+    """int8kit.cpu_info(), library versions, CPU model, logical CPUs, load average."""
+    info: dict = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "loadavg": loadavg(),
+    }
+    try:
+        import int8kit
+        info["int8kit_version"] = getattr(int8kit, "__version__", None)
+        info["int8kit_cpu_info"] = int8kit.cpu_info()
+    except Exception as e:
+        info["int8kit_version"] = None
+        info["int8kit_error"] = f"{type(e).__name__}: {e}"
+    try:
+        import torch
+        info["torch_version"] = torch.__version__
+        info["torch_num_threads"] = torch.get_num_threads()
+    except Exception:
+        info["torch_version"] = None
+    for mod in ("onnxruntime", "onnx", "numpy"):
+        try:
+            info[f"{mod}_version"] = __import__(mod).__version__
+        except Exception:
+            info[f"{mod}_version"] = None
+    return info
+
+
+def quiet_machine_warning(threshold_per_cpu: float = 0.5) -> str | None:
+    """A warning line when the 1-minute load average suggests other work is running."""
+    la = loadavg()
+    ncpu = os.cpu_count() or 1
+    if la is not None and la[0] > threshold_per_cpu * ncpu:
+        return (f"WARNING: load average {la[0]:.2f} on {ncpu} logical CPUs: other work is "
+                f"running, timings will be noisy")
+    return None
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def parse_int_list(spec: str | Iterable[int]) -> list[int]:
+    """'1,2' -> [1, 2]; an iterable of ints passes through."""
+    if isinstance(spec, str):
+        vals = [int(x) for x in spec.replace(" ", "").split(",") if x]
+    else:
+        vals = [int(x) for x in spec]
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"expected positive integers, got {spec!r}")
+    return vals
+
+
+def parse_shapes(spec, table: Sequence[tuple[int, ...]], ndim: int) -> list[tuple[int, ...]]:
+    """Selects shapes: None -> all of ``table``; a string of comma-separated items, each
+    an index into ``table`` (or a range 'i-j') or an explicit 'AxBxC' shape; or a sequence
+    of such items / tuples."""
+    if spec is None:
+        return list(table)
+    items = spec.replace(" ", "").split(",") if isinstance(spec, str) else list(spec)
+    out: list[tuple[int, ...]] = []
+    for it in items:
+        if isinstance(it, (tuple, list)):
+            shp = tuple(int(v) for v in it)
+        elif isinstance(it, int) and not isinstance(it, bool):
+            shp = table[it]
+        else:
+            s = str(it).lower()
+            if not s:
+                continue
+            if "x" in s:
+                shp = tuple(int(v) for v in s.split("x"))
+            elif "-" in s[1:]:
+                a, b = s.split("-", 1)
+                out.extend(table[int(a): int(b) + 1])
+                continue
+            else:
+                shp = table[int(s)]
+        if len(shp) != ndim or any(v < 1 for v in shp):
+            raise ValueError(f"shape {it!r}: expected {ndim} positive sizes")
+        out.append(shp)
+    if not out:
+        raise ValueError(f"no shapes selected by {spec!r}")
+    return out
