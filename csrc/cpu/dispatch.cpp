@@ -72,7 +72,11 @@ Isa active_isa() {
   Isa isa = best_supported_isa();
   g_reason = std::string("best path this CPU supports");
   if (const char* env = std::getenv("INT8KIT_ISA"); env && *env) {
-    isa = parse_isa(env);
+    try {
+      isa = parse_isa(env);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("INT8KIT_ISA=") + env + ": " + e.what());
+    }
     require_supported(isa, "INT8KIT_ISA");
     g_reason = std::string("forced by INT8KIT_ISA=") + env;
   }

@@ -12,7 +12,7 @@
 #include <cstring>
 #include <utility>
 
-#include "epilogue_ref.h"
+#include "epilogue_avx512.h"
 #include "kernels.h"
 
 namespace int8kit::detail {
@@ -45,35 +45,17 @@ inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
   return _mm512_set1_epi32(v);
 }
 
-// Applies the epilogue of epilogue_ref.h to one 16-lane accumulator and stores the valid
-// columns.
+// Corrects one 16-lane accumulator by a_zp * colsum, applies the epilogue and stores the
+// valid columns.
 inline void store_vec(const GemmArgs& g, int64_t m, int64_t n0, __m512i acc) {
   const int64_t valid = g.B.n - n0;
   const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
   const __m512i colsum = _mm512_loadu_si512(g.B.colsum + n0);  // padded to 16, always safe
   const __m512i zp = _mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]);
   acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zp, colsum));
-  if (g.out == OutKind::s32) {
-    _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.C) + m * g.ldc + n0, mask, acc);
-    return;
-  }
-  const __m512 ws = g.w_scale_stride == 0 ? _mm512_set1_ps(g.w_scale[0])
-                                          : _mm512_maskz_loadu_ps(mask, g.w_scale + n0);
-  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m * g.a_scale_stride]), ws);
-  const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n0) : _mm512_setzero_ps();
-  __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), s, bias);
-  if (g.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
-  if (g.out == OutKind::f32) {
-    _mm512_mask_storeu_ps(static_cast<float*>(g.C) + m * g.ldc + n0, mask, y);
-    return;
-  }
-  __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(g.out_inv_scale));
-  t = _mm512_max_ps(t, _mm512_set1_ps(-kRequantClamp));  // t first: NaN -> low clamp
-  t = _mm512_min_ps(t, _mm512_set1_ps(kRequantClamp));
-  __m512i q = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  q = _mm512_add_epi32(q, _mm512_set1_epi32(g.out_zp));
-  q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.C) + m * g.ldc + n0, mask, q);
+  const bool fp = g.out != OutKind::s32;
+  epi_store16(g, m * g.ldc + n0, mask, acc, fp ? epi_scale16(g, m, n0, mask) : _mm512_setzero_ps(),
+              fp ? epi_bias16(g, n0, mask) : _mm512_setzero_ps());
 }
 
 // One MR x (NP*16) output tile over the full K. The accumulators are a local array that

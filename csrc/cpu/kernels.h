@@ -14,7 +14,7 @@ namespace int8kit::detail {
 using GemmBlockFn = void (*)(const GemmArgs& args, int64_t m0, int64_t m1, int64_t p0,
                              int64_t p1);
 using MinMaxFn = MinMax (*)(const float* x, int64_t n);
-// q[i] = clamp(nearbyint(x[i] * inv_scale) + zp, 0, 255)
+// q[i] = clamp(nearbyint(fmaf(x[i], inv_scale, zp)), 0, 255)
 using QuantizeFn = void (*)(const float* x, int64_t n, float inv_scale, int32_t zp,
                             uint8_t* q);
 

@@ -84,16 +84,14 @@ MinMax minmax_avx2(const float* x, int64_t n) {
 
 void quantize_u8_avx2(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
   const __m256 inv = _mm256_set1_ps(inv_scale);
-  const __m256 lo = _mm256_set1_ps(-1e9f), hi = _mm256_set1_ps(1e9f);
-  const __m256i vzp = _mm256_set1_epi32(zp);
-  const __m256i q0 = _mm256_setzero_si256(), q255 = _mm256_set1_epi32(255);
-  // Same steps as the scalar: scale, clamp in float with t first (so NaN -> -1e9), round
-  // half to even (cvtps2dq, default rounding mode), add zp, clamp to [0, 255] as int32.
+  const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.f);
+  const __m256 vzp = _mm256_set1_ps(static_cast<float>(zp));
+  // Same steps as the scalar: fma(x, inv, zp), clamp to [0, 255] in float with t first (so
+  // NaN -> 0), round half to even (cvtps2dq, default rounding mode).
   auto quant8 = [&](const float* p) {
-    __m256 t = _mm256_mul_ps(_mm256_loadu_ps(p), inv);
-    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-    const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(t), vzp);
-    return _mm256_min_epi32(_mm256_max_epi32(v, q0), q255);
+    __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(p), inv, vzp);
+    t = _mm256_min_ps(_mm256_max_ps(t, zero), top);
+    return _mm256_cvtps_epi32(t);
   };
 
   int64_t i = 0;

@@ -30,21 +30,19 @@ MinMax minmax_avx512(const float* x, int64_t n) {
 
 namespace {
 
-inline __m128i quantize16(__m512 v, __m512 inv, __m512i zp) {
-  __m512 t = _mm512_mul_ps(v, inv);
-  t = _mm512_max_ps(t, _mm512_set1_ps(-1e9f));  // t first: NaN -> low clamp, as the scalar
-  t = _mm512_min_ps(t, _mm512_set1_ps(1e9f));
-  __m512i q = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  q = _mm512_add_epi32(q, zp);
-  q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-  return _mm512_cvtepi32_epi8(q);
+inline __m128i quantize16(__m512 v, __m512 inv, __m512 zp) {
+  __m512 t = _mm512_fmadd_ps(v, inv, zp);
+  t = _mm512_max_ps(t, _mm512_setzero_ps());  // t first: NaN -> 0, as the scalar
+  t = _mm512_min_ps(t, _mm512_set1_ps(255.f));
+  return _mm512_cvtepi32_epi8(
+      _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
 }  // namespace
 
 void quantize_u8_avx512(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
   const __m512 inv = _mm512_set1_ps(inv_scale);
-  const __m512i z = _mm512_set1_epi32(zp);
+  const __m512 z = _mm512_set1_ps(static_cast<float>(zp));
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {  // 4 vectors per iteration keeps the FP pipes busy
     for (int j = 0; j < 4; ++j)

@@ -32,13 +32,15 @@ MinMax minmax_scalar(const float* x, int64_t n) {
 }
 
 void quantize_u8_scalar(const float* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  const float z = static_cast<float>(zp);
   for (int64_t i = 0; i < n; ++i) {
-    float t = x[i] * inv_scale;
-    // Clamp in float first so huge values cannot overflow the int conversion.
-    t = t > -1e9f ? t : -1e9f;
-    t = t < 1e9f ? t : 1e9f;
-    int32_t v = static_cast<int32_t>(std::nearbyint(t)) + zp;
-    q[i] = static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+    // torch's order (FBGEMM's quantize): the zero point is added before rounding, so ties
+    // round to even in the quantized domain. Clamping in float first is equivalent (0 and
+    // 255 are integers) and keeps huge values and NaN (-> 0) away from the int conversion.
+    float t = std::fma(x[i], inv_scale, z);
+    t = t > 0.f ? t : 0.f;
+    t = t < 255.f ? t : 255.f;
+    q[i] = static_cast<uint8_t>(std::nearbyint(t));
   }
 }
 

@@ -126,6 +126,8 @@ void gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj, const py::hand
 
 }  // namespace
 
+void bind_conv(pybind11::module_& m);
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "int8kit native kernels (use int8kit.ops, not this module)";
   py::register_exception_translator([](std::exception_ptr p) {
@@ -217,4 +219,5 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     return vnni_peak_ops_per_second(nthreads, iters);
   });
+  bind_conv(m);
 }

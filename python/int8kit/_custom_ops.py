@@ -25,7 +25,9 @@ def linear_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Te
     Calls the bindings directly: ops.py re-validates every argument on each call, which
     costs more than the kernels themselves at small M.
     """
-    xa = x.detach().contiguous().numpy()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    xa = (x.detach() if x.requires_grad else x).numpy()
     m, k = xa.shape
     if m == 0:
         return torch.empty((0, out_features), dtype=torch.float32)

@@ -33,19 +33,32 @@ def as_numpy(x, name: str, dtype: np.dtype, ndim: int | None = None) -> np.ndarr
 
 
 def per_index(value, name: str, n: int, dtype) -> np.ndarray:
-    """A scalar or 1-D parameter of length 1 or n, as a contiguous numpy array."""
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return np.array([value], dtype=dtype)
+    """A scalar or 1-D parameter of length 1 or n, as a contiguous numpy array of dtype.
+
+    Integer parameters must hold integers (3.7 is an error, not 3) that fit the dtype;
+    float parameters must stay finite after conversion (1e39 overflows float32).
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or 1-D array, got bool")
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    arr = np.ascontiguousarray(np.asarray(value))
+    arr = np.asarray(value)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1 or arr.shape[0] not in (1, n):
         raise ValueError(f"{name} must be a scalar or 1-D of length 1 or {n}, got shape {arr.shape}")
-    if np.dtype(dtype).kind == "i":
+    target = np.dtype(dtype)
+    if target.kind == "i":
         if arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must be integer, got {arr.dtype}")
-    elif not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite")
-    return arr.astype(dtype, copy=False)
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        info = np.iinfo(target)
+        if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+            raise ValueError(f"{name} is out of range for {target}")
+        return np.ascontiguousarray(arr, dtype=target)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=target)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} must be finite (in {target} range)")
+    return out

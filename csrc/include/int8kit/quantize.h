@@ -1,5 +1,7 @@
 // float32 -> uint8 activation quantization, as in the numerics contract:
-//   q = clamp(nearbyint(x * (1.f / scale)) + zp, 0, 255)      (round half to even)
+//   q = clamp(nearbyint(fmaf(x, 1.f / scale, zp)), 0, 255)     (round half to even)
+// which is torch's order (FBGEMM's quantize_per_tensor): the zero point is added before
+// rounding, so results agree with torch.quantize_per_tensor value for value.
 // Dynamic parameters follow torch.ao's MinMaxObserver for quint8, per tensor affine:
 //   lo = min(min(x), 0), hi = max(max(x), 0)
 //   scale = max((hi - lo) / 255.f, FLT_EPSILON);  zp = clamp(0 - nearbyint(lo / scale), 0, 255)

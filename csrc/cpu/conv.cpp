@@ -1,0 +1,208 @@
+// Conv2d driver: validation, the choice of path, im2col tiles, and the split over threads.
+//
+// Paths: depthwise (groups == in == out channels) -> a direct per-ISA kernel over output
+// rows. Everything else is a GEMM per group on [pixels, KH*KW*IC/G] rows: a 1x1 stride-1
+// unpadded conv reads the NHWC input in place (row stride C, group offset g*C/G); the rest
+// gathers rows into a per-thread im2col tile (padding filled with the activation zero
+// point), sized to stay in L2, and runs the active GEMM path's block kernel on it.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "conv_kernels.h"
+#include "kernels.h"
+#include "thread_pool.h"
+
+namespace int8kit {
+namespace {
+
+using detail::DwJob;
+
+// Below this many multiply-adds per thread, another thread costs more than it saves.
+constexpr int64_t kMinMacsPerThread = int64_t(1) << 19;
+constexpr int64_t kIm2colTileBytes = int64_t(192) << 10;  // per thread, well inside L2
+constexpr int64_t kPanelsPerUnit = 3;                      // the GEMM's widest tile
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+std::pair<int64_t, int64_t> split(int64_t n, int64_t parts, int64_t i) {
+  const int64_t base = n / parts, extra = n % parts;
+  const int64_t begin = i * base + std::min(i, extra);
+  return {begin, begin + base + (i < extra ? 1 : 0)};
+}
+
+detail::DepthwiseRowsFn depthwise_for(Isa isa) {
+#if INT8KIT_HAVE_X86_KERNELS
+  if (isa == Isa::avx512_vnni) return detail::depthwise_rows_avx512vnni;
+  if (isa == Isa::avx2) return detail::depthwise_rows_avx2;
+#endif
+  (void)isa;
+  return detail::depthwise_rows_scalar;
+}
+
+void validate(const ConvArgs& a, int64_t* oh, int64_t* ow) {
+  if (a.wt.base == nullptr) throw std::invalid_argument("packed conv weight is empty");
+  if (a.n < 0) throw std::invalid_argument("batch size must be >= 0");
+  conv_output_size(a.wt.p, a.h, a.w, oh, ow);
+  const int64_t c = a.wt.p.in_channels;
+  if (a.n > 0 && (a.h * a.w > (int64_t(1) << 40) / c / a.n ||
+                  *oh * *ow > (int64_t(1) << 40) / a.wt.p.out_channels / a.n))
+    throw std::invalid_argument("conv input or output is too large");
+  if (a.n == 0) return;
+  if (a.x == nullptr) throw std::invalid_argument("x is null");
+  if (a.y == nullptr) throw std::invalid_argument("output is null");
+  if (a.x_zp < 0 || a.x_zp > 255)
+    throw std::invalid_argument("x_zero_point must be in [0, 255] for uint8 activations, got " +
+                                std::to_string(a.x_zp));
+  if (a.out != OutKind::s32) {
+    if (!(std::isfinite(a.x_scale) && a.x_scale > 0.f))
+      throw std::invalid_argument("x_scale must be finite and > 0");
+    if (a.w_scale == nullptr) throw std::invalid_argument("w_scale is null");
+  }
+  if (a.out == OutKind::u8 && !(std::isfinite(a.out_inv_scale) && a.out_inv_scale > 0.f))
+    throw std::invalid_argument("output scale must be finite and > 0");
+  if (a.out == OutKind::u8 && (a.out_zp < 0 || a.out_zp > 255))
+    throw std::invalid_argument("output zero point must be in [0, 255]");
+}
+
+// The epilogue in GemmArgs form, for the whole output (group offsets are added later).
+GemmArgs epilogue_args(const ConvArgs& a) {
+  GemmArgs g;
+  g.a_zp = &a.x_zp;
+  g.a_scale = &a.x_scale;
+  g.w_scale = a.w_scale;
+  g.w_scale_stride = a.w_scale_stride;
+  g.bias = a.bias;
+  g.relu = a.relu;
+  g.out = a.out;
+  g.out_inv_scale = a.out_inv_scale;
+  g.out_zp = a.out_zp;
+  g.C = a.y;
+  g.ldc = a.wt.p.out_channels;
+  return g;
+}
+
+size_t out_elem_size(OutKind k) { return k == OutKind::u8 ? 1 : 4; }
+
+// Gathers the im2col rows [m0, m1) of group g into buf (row stride ldb).
+void im2col(const ConvArgs& a, int64_t oh, int64_t ow, int64_t g, int64_t m0, int64_t m1,
+            uint8_t* buf, int64_t ldb) {
+  const ConvParams& p = a.wt.p;
+  const int64_t c = p.in_channels, icg = c / p.groups;
+  const uint8_t zp = static_cast<uint8_t>(a.x_zp);
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t n = m / (oh * ow), r = m % (oh * ow), y = r / ow, x = r % ow;
+    uint8_t* dst = buf + (m - m0) * ldb;
+    for (int64_t kh = 0; kh < p.kh; ++kh) {
+      const int64_t ih = y * p.stride_h - p.pad_h + kh * p.dil_h;
+      const bool row_in = ih >= 0 && ih < a.h;
+      const uint8_t* src_row = a.x + (n * a.h + (row_in ? ih : 0)) * a.w * c + g * icg;
+      for (int64_t kw = 0; kw < p.kw; ++kw, dst += icg) {
+        const int64_t iw = x * p.stride_w - p.pad_w + kw * p.dil_w;
+        if (row_in && iw >= 0 && iw < a.w)
+          std::memcpy(dst, src_row + iw * c, static_cast<size_t>(icg));
+        else
+          std::memset(dst, zp, static_cast<size_t>(icg));
+      }
+    }
+  }
+}
+
+void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) {
+  const ConvParams& p = a.wt.p;
+  const int64_t G = p.groups, c = p.in_channels, icg = c / G, ocg = p.out_channels / G;
+  const int64_t k = p.kh * p.kw * icg, M = a.n * oh * ow;
+  const bool direct = p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 &&
+                      p.pad_h == 0 && p.pad_w == 0;
+  std::vector<PackedView> views(static_cast<size_t>(G));
+  for (int64_t g = 0; g < G; ++g) views[g] = a.wt.group(g);
+  const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
+  const GemmArgs base = epilogue_args(a);
+  const int64_t ldb = round_up(k, 64);
+
+  const int64_t macs = M * k * p.out_channels;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(nthreads, macs / kMinMacsPerThread));
+  // Row tiles: cache-sized im2col buffers, a multiple of nt of them when there are enough
+  // rows; with few rows, each tile's columns are split instead.
+  const int64_t mt0 = direct ? 512 : std::clamp<int64_t>(kIm2colTileBytes / ldb / 8 * 8, 8, 1024);
+  int64_t tiles = ceil_div(M, mt0);
+  if (tiles * G >= nt) tiles = round_up(tiles * G, nt) / G;
+  const int64_t mt = round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
+  tiles = ceil_div(M, mt);
+  const int64_t n_units = ceil_div(views[0].n_panels, kPanelsPerUnit);
+  const int64_t nsplit =
+      tiles * G >= nt ? 1 : std::min<int64_t>(n_units, ceil_div(nt, tiles * G));
+  const int64_t units = G * tiles * nsplit;
+  const size_t esz = out_elem_size(a.out);
+
+  detail::parallel_for(static_cast<int>(std::min<int64_t>(nt, units)), [&](int tid) {
+    thread_local std::vector<uint8_t> buf;
+    const auto [u0, u1] = split(units, std::min<int64_t>(nt, units), tid);
+    int64_t built = -1;  // (g, tile) key of the im2col rows now in buf
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t gt = u / nsplit, s = u % nsplit, g = gt / tiles, t = gt % tiles;
+      const int64_t m0 = t * mt, m1 = std::min(M, m0 + mt);
+      GemmArgs ga = base;
+      ga.B = views[g];
+      ga.M = m1 - m0;
+      if (direct) {
+        ga.A = a.x + m0 * c + g * icg;
+        ga.lda = c;
+      } else {
+        if (built != gt) {
+          if (buf.size() < static_cast<size_t>(mt * ldb)) buf.resize(static_cast<size_t>(mt * ldb));
+          im2col(a, oh, ow, g, m0, m1, buf.data(), ldb);
+          built = gt;
+        }
+        ga.A = buf.data();
+        ga.lda = ldb;
+      }
+      ga.C = static_cast<char*>(a.y) + (m0 * p.out_channels + g * ocg) * esz;
+      if (ga.out != OutKind::s32) ga.w_scale = a.w_scale + g * ocg * a.w_scale_stride;
+      if (ga.bias) ga.bias = a.bias + g * ocg;
+      const auto [v0, v1] = split(n_units, nsplit, s);
+      const int64_t p0 = v0 * kPanelsPerUnit, p1 = std::min(v1 * kPanelsPerUnit, ga.B.n_panels);
+      if (p0 < p1) block(ga, 0, ga.M, p0, p1);
+    }
+  });
+}
+
+void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) {
+  const ConvParams& p = a.wt.p;
+  std::vector<uint8_t> zprow(static_cast<size_t>(a.wt.cp + 64), static_cast<uint8_t>(a.x_zp));
+  DwJob job{&a, oh, ow, zprow.data(), epilogue_args(a)};
+  job.epi.B.colsum = a.wt.dw_colsum;
+  job.epi.B.n = p.in_channels;
+  const int64_t rows = a.n * oh;
+  const int64_t macs = rows * ow * p.in_channels * p.kh * p.kw;
+  const int64_t nt = std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(nthreads), rows, macs / (kMinMacsPerThread / 4)}));
+  const detail::DepthwiseRowsFn fn = depthwise_for(isa);
+  detail::parallel_for(static_cast<int>(nt), [&](int tid) {
+    const auto [r0, r1] = split(rows, nt, tid);
+    if (r0 < r1) fn(job, r0, r1);
+  });
+}
+
+}  // namespace
+
+void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
+  int64_t oh, ow;
+  validate(a, &oh, &ow);
+  if (!isa_supported(isa))
+    throw std::runtime_error(std::string("kernel path '") + isa_name(isa) +
+                             "' cannot run on this CPU");
+  if (a.n == 0) return;
+  if (a.wt.layout == ConvLayout::depthwise)
+    run_depthwise(a, oh, ow, nthreads, isa);
+  else
+    run_gemm(a, oh, ow, nthreads, isa);
+}
+
+void conv2d(const ConvArgs& a, int nthreads) { conv2d_with_isa(a, nthreads, active_isa()); }
+
+}  // namespace int8kit

@@ -1,0 +1,37 @@
+// Internal: the per-ISA depthwise kernels and what they share. conv.cpp picks one by path.
+#pragma once
+
+#include <cstdint>
+
+#include "int8kit/conv.h"
+#include "int8kit/gemm.h"
+
+namespace int8kit::detail {
+
+// One depthwise call, validated. `epi` carries the epilogue in GemmArgs form (per-tensor
+// activation parameters, B.colsum = per-channel tap sums, B.n = channels, C = y, ldc = C)
+// so the scalar epilogue of epilogue_ref.h applies unchanged.
+struct DwJob {
+  const ConvArgs* a;
+  int64_t oh, ow;
+  const uint8_t* zprow;  // >= cp + 64 bytes of x_zp: what padded taps read
+  GemmArgs epi;
+};
+
+// Computes output rows [r0, r1) of the flattened (n, oh) index.
+using DepthwiseRowsFn = void (*)(const DwJob& job, int64_t r0, int64_t r1);
+
+// Start of the input pixel a tap reads, or zprow when the tap falls in the padding.
+inline const uint8_t* dw_tap(const DwJob& j, int64_t n, int64_t ih, int64_t iw) {
+  const ConvArgs& a = *j.a;
+  if (ih < 0 || ih >= a.h || iw < 0 || iw >= a.w) return j.zprow;
+  return a.x + ((n * a.h + ih) * a.w + iw) * a.wt.p.in_channels;
+}
+
+void depthwise_rows_scalar(const DwJob&, int64_t, int64_t);
+#if INT8KIT_HAVE_X86_KERNELS
+void depthwise_rows_avx2(const DwJob&, int64_t, int64_t);
+void depthwise_rows_avx512vnni(const DwJob&, int64_t, int64_t);
+#endif
+
+}  // namespace int8kit::detail

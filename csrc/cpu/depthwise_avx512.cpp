@@ -1,0 +1,203 @@
+// AVX-512 VNNI depthwise conv: 64 channels per step, exact int32.
+//
+// vpdpbusd sums four byte products per int32 lane, but depthwise needs one product per
+// channel. So one 64-byte load of activations (channels c..c+63, no shuffles) meets four
+// weight vectors, the r-th keeping only the weights of channels with index % 4 == r (the
+// packed "expanded" layout): accumulator r then holds, in lane j, channel 4j+r's sum, the
+// zero weight bytes cancelling the other three channels. After all taps the four
+// accumulators are transposed back to channel order (8 permutes per 64 channels per pixel)
+// and go through the shared vector epilogue.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "conv_kernels.h"
+#include "epilogue_avx512.h"
+
+namespace int8kit::detail {
+namespace {
+
+inline void dpbusd(__m512i& acc, __m512i a, __m512i w) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
+}
+
+// acc[r] lane j = channel 4j + r  ->  out[v] lane i = channel 16v + i.
+inline void to_channel_order(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i* out) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i q0 = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+  const __m512i q1 = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+  const __m512i t01l = _mm512_permutex2var_epi32(a0, lo, a1);
+  const __m512i t01h = _mm512_permutex2var_epi32(a0, hi, a1);
+  const __m512i t23l = _mm512_permutex2var_epi32(a2, lo, a3);
+  const __m512i t23h = _mm512_permutex2var_epi32(a2, hi, a3);
+  out[0] = _mm512_permutex2var_epi64(t01l, q0, t23l);
+  out[1] = _mm512_permutex2var_epi64(t01l, q1, t23l);
+  out[2] = _mm512_permutex2var_epi64(t01h, q0, t23h);
+  out[3] = _mm512_permutex2var_epi64(t01h, q1, t23h);
+}
+
+inline __mmask16 mask16(int64_t valid) {
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+}
+
+
+// Per-block epilogue inputs, in channel order: zp * tap sums, scales, bias, masks.
+struct BlockEpi {
+  __mmask16 m[4];
+  __m512i zpcs[4];
+  __m512 s[4], bias[4];
+};
+
+inline void load_block_epi(const GemmArgs& e, int32_t x_zp, int64_t c0, int64_t left,
+                           BlockEpi* be) {
+  const __m512i zp = _mm512_set1_epi32(x_zp);
+  for (int v = 0; v < 4; ++v) {
+    be->m[v] = mask16(left - 16 * v);
+    be->zpcs[v] = _mm512_mullo_epi32(zp, _mm512_loadu_si512(e.B.colsum + c0 + 16 * v));
+    be->s[v] = be->bias[v] = _mm512_setzero_ps();
+    if (e.out != OutKind::s32) {
+      be->s[v] = epi_scale16(e, 0, c0 + 16 * v, be->m[v]);
+      be->bias[v] = epi_bias16(e, c0 + 16 * v, be->m[v]);
+    }
+  }
+}
+
+template <OutKind OUT, bool RELU>
+__attribute__((always_inline)) inline void finish_pixel(const GemmArgs& e, const BlockEpi& be,
+                                                        int64_t off, __m512i a0, __m512i a1,
+                                                        __m512i a2, __m512i a3) {
+  __m512i out[4];
+  to_channel_order(a0, a1, a2, a3, out);
+#pragma GCC unroll 4
+  for (int v = 0; v < 4; ++v) {
+    if (!be.m[v]) break;
+    epi_store16_t<OUT, RELU>(e, off + 16 * v, be.m[v], _mm512_sub_epi32(out[v], be.zpcs[v]),
+                             be.s[v], be.bias[v]);
+  }
+}
+
+// PX output pixels of one row and one channel block. Tap t of pixel i reads
+// tap[t] + i * step[t] (step 0 for taps in the padding). PX * 4 accumulators give enough
+// independent vpdpbusd chains to hide its latency.
+// Kept out of line: inlined into the row loop, GCC spills the accumulators.
+template <int PX, bool FULL, OutKind OUT, bool RELU>
+__attribute__((noinline)) void pixels(const BlockEpi& be, const GemmArgs& e,
+                                                  const uint8_t* const* tap,
+                                                  const int64_t* step, int64_t taps,
+                                                  const int8_t* wb, __mmask64 lmask,
+                                                  int64_t off, int64_t C) {
+  __m512i acc[PX][4];
+#pragma GCC unroll 8
+  for (int i = 0; i < PX; ++i)
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_si512();
+  for (int64_t t = 0; t < taps; ++t) {
+    const int8_t* w = wb + t * 4 * kDwBlock;
+    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+    const __m512i w2 = _mm512_loadu_si512(w + 128), w3 = _mm512_loadu_si512(w + 192);
+#pragma GCC unroll 8
+    for (int i = 0; i < PX; ++i) {
+      const uint8_t* src = tap[t] + i * step[t];
+      const __m512i av = FULL ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(lmask, src);
+      dpbusd(acc[i][0], av, w0);
+      dpbusd(acc[i][1], av, w1);
+      dpbusd(acc[i][2], av, w2);
+      dpbusd(acc[i][3], av, w3);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < PX; ++i)
+    finish_pixel<OUT, RELU>(e, be, off + i * C, acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+}
+
+constexpr int kPx = 4;
+
+// Scratch for one output row: tap pointers and their per-pixel steps.
+struct RowScratch {
+  std::vector<const uint8_t*> tap;
+  std::vector<int64_t> step;
+};
+
+// Sets tap pointers (and steps) for output pixel (n, y, x), channel block c0.
+inline void set_taps(const DwJob& j, int64_t n, int64_t y, int64_t x, int64_t c0,
+                     RowScratch& rs) {
+  const ConvArgs& a = *j.a;
+  const ConvParams& p = a.wt.p;
+  for (int64_t kh = 0; kh < p.kh; ++kh) {
+    const int64_t ih = y * p.stride_h - p.pad_h + kh * p.dil_h;
+    const bool row_in = ih >= 0 && ih < a.h;
+    for (int64_t kw = 0; kw < p.kw; ++kw) {
+      const int64_t t = kh * p.kw + kw;
+      rs.tap[t] = dw_tap(j, n, ih, x * p.stride_w - p.pad_w + kw * p.dil_w) + c0;
+      rs.step[t] = row_in ? p.stride_w * p.in_channels : 0;  // used where columns are inside
+    }
+  }
+}
+
+// One output row, one channel block. Columns [x_lo, x_hi) read no horizontal padding, so
+// their tap pointers advance by a fixed step; the rest are computed one by one.
+template <OutKind OUT, bool RELU>
+__attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, int64_t x_lo,
+                                         int64_t x_hi, RowScratch& rs) {
+  const ConvArgs& a = *j.a;
+  const ConvParams& p = a.wt.p;
+  const GemmArgs& e = j.epi;
+  const int64_t C = p.in_channels, taps = p.kh * p.kw;
+  const int64_t n = r / j.oh, y = r % j.oh;
+  const int64_t c0 = b * kDwBlock, left = C - c0;
+  const __mmask64 lmask = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+  BlockEpi be;
+  load_block_epi(e, a.x_zp, c0, left, &be);
+  const int8_t* wb = a.wt.dw_expanded + b * taps * 4 * kDwBlock;
+  const int64_t row_off = r * j.ow * C + c0;
+  int64_t x = 0;
+  for (; x < std::min(x_lo, j.ow); ++x) {
+    set_taps(j, n, y, x, c0, rs);
+    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C);
+  }
+  if (x + kPx <= x_hi) {
+    set_taps(j, n, y, x, c0, rs);
+    const auto fn = left >= 64 ? pixels<kPx, true, OUT, RELU> : pixels<kPx, false, OUT, RELU>;
+    for (; x + kPx <= x_hi; x += kPx) {
+      fn(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C);
+      for (int64_t t = 0; t < taps; ++t) rs.tap[t] += kPx * rs.step[t];
+    }
+  }
+  for (; x < j.ow; ++x) {
+    set_taps(j, n, y, x, c0, rs);
+    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C);
+  }
+}
+
+using RowBlockFn = void (*)(const DwJob&, int64_t, int64_t, int64_t, int64_t, RowScratch&);
+
+RowBlockFn row_block_for(const GemmArgs& e) {
+  switch (e.out) {
+    case OutKind::s32: return row_block<OutKind::s32, false>;
+    case OutKind::f32: return e.relu ? row_block<OutKind::f32, true> : row_block<OutKind::f32, false>;
+    case OutKind::u8: return e.relu ? row_block<OutKind::u8, true> : row_block<OutKind::u8, false>;
+  }
+  return row_block<OutKind::s32, false>;
+}
+
+}  // namespace
+
+void depthwise_rows_avx512vnni(const DwJob& j, int64_t r0, int64_t r1) {
+  const ConvArgs& a = *j.a;
+  const ConvParams& p = a.wt.p;
+  const int64_t taps = p.kh * p.kw, blocks = a.wt.cp / kDwBlock;
+  RowScratch rs{std::vector<const uint8_t*>(static_cast<size_t>(taps)),
+                std::vector<int64_t>(static_cast<size_t>(taps))};
+  // Output columns whose taps all fall inside the image horizontally: [x_lo, x_hi).
+  const int64_t x_lo = std::min<int64_t>(j.ow, (p.pad_w + p.stride_w - 1) / p.stride_w);
+  const int64_t right = a.w - 1 + p.pad_w - (p.kw - 1) * p.dil_w;  // needs x*sw <= right
+  const int64_t x_hi =
+      std::max<int64_t>(x_lo, std::min<int64_t>(j.ow, right < 0 ? 0 : right / p.stride_w + 1));
+  const RowBlockFn fn = row_block_for(j.epi);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, x_lo, x_hi, rs);
+}
+
+}  // namespace int8kit::detail

@@ -1,0 +1,171 @@
+// pybind11 bindings for conv2d: buffer checks, GIL release, calls into conv.h. Friendly
+// argument validation lives in python/int8kit/conv_ops.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+
+#include "int8kit/conv.h"
+
+namespace py = pybind11;
+using namespace int8kit;
+
+namespace {
+
+template <typename T>
+py::array_t<T> checked(const py::handle& obj, const char* name, int ndim) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array");
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(arr.dtype())));
+  if (arr.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
+                          std::to_string(arr.ndim()) + "-D");
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  return py::reinterpret_borrow<py::array_t<T>>(arr);
+}
+
+// (in, out, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups)
+ConvParams params_of(const std::array<int64_t, 11>& v) {
+  ConvParams p;
+  p.in_channels = v[0];
+  p.out_channels = v[1];
+  p.kh = v[2];
+  p.kw = v[3];
+  p.stride_h = v[4];
+  p.stride_w = v[5];
+  p.pad_h = v[6];
+  p.pad_w = v[7];
+  p.dil_h = v[8];
+  p.dil_w = v[9];
+  p.groups = v[10];
+  validate_conv_params(p);
+  return p;
+}
+
+ConvView view_of(const py::handle& obj) {
+  auto buf = checked<uint8_t>(obj, "packed", 1);
+  return view_conv_packed(buf.data(), static_cast<size_t>(buf.shape(0)));
+}
+
+// Fills the input, output and epilogue fields shared by conv2d and the reference.
+void fill_args(ConvArgs& c, const ConvParams& p, const py::handle& x_obj, int32_t x_zp,
+               const py::handle& out_obj, float x_scale, const py::handle& w_scale_obj,
+               const py::handle& bias_obj, bool relu, float out_inv_scale, int32_t out_zp) {
+  auto x = checked<uint8_t>(x_obj, "x", 4);
+  c.n = x.shape(0);
+  c.h = x.shape(1);
+  c.w = x.shape(2);
+  if (x.shape(3) != p.in_channels)
+    throw py::value_error("x has " + std::to_string(x.shape(3)) + " channels, expected " +
+                          std::to_string(p.in_channels));
+  c.x = x.data();
+  c.x_zp = x_zp;
+  int64_t oh, ow;
+  conv_output_size(p, c.h, c.w, &oh, &ow);
+  if (!py::isinstance<py::array>(out_obj)) throw py::type_error("out must be a numpy array");
+  py::array out = py::reinterpret_borrow<py::array>(out_obj);
+  if (out.dtype().is(py::dtype::of<int32_t>())) {
+    c.out = OutKind::s32;
+    c.y = checked<int32_t>(out, "out", 4).mutable_data();
+  } else if (out.dtype().is(py::dtype::of<float>())) {
+    c.out = OutKind::f32;
+    c.y = checked<float>(out, "out", 4).mutable_data();
+  } else if (out.dtype().is(py::dtype::of<uint8_t>())) {
+    c.out = OutKind::u8;
+    c.y = checked<uint8_t>(out, "out", 4).mutable_data();
+  } else {
+    throw py::type_error("out must have dtype int32, float32 or uint8");
+  }
+  if (out.shape(0) != c.n || out.shape(1) != oh || out.shape(2) != ow ||
+      out.shape(3) != p.out_channels)
+    throw py::value_error("out must have shape [" + std::to_string(c.n) + ", " +
+                          std::to_string(oh) + ", " + std::to_string(ow) + ", " +
+                          std::to_string(p.out_channels) + "]");
+  if (c.out == OutKind::s32) return;
+  c.x_scale = x_scale;
+  auto ws = checked<float>(w_scale_obj, "w_scale", 1);
+  if (ws.shape(0) != 1 && ws.shape(0) != p.out_channels)
+    throw py::value_error("w_scale must have length 1 or " + std::to_string(p.out_channels));
+  c.w_scale = ws.data();
+  c.w_scale_stride = ws.shape(0) == 1 ? 0 : 1;
+  if (!bias_obj.is_none()) {
+    auto bias = checked<float>(bias_obj, "bias", 1);
+    if (bias.shape(0) != p.out_channels)
+      throw py::value_error("bias must have length " + std::to_string(p.out_channels));
+    c.bias = bias.data();
+  }
+  c.relu = relu;
+  c.out_inv_scale = out_inv_scale;
+  c.out_zp = out_zp;
+}
+
+py::dict info_of(const ConvView& v) {
+  py::dict d;
+  d["in_channels"] = v.p.in_channels;
+  d["out_channels"] = v.p.out_channels;
+  d["kernel_size"] = py::make_tuple(v.p.kh, v.p.kw);
+  d["stride"] = py::make_tuple(v.p.stride_h, v.p.stride_w);
+  d["padding"] = py::make_tuple(v.p.pad_h, v.p.pad_w);
+  d["dilation"] = py::make_tuple(v.p.dil_h, v.p.dil_w);
+  d["groups"] = v.p.groups;
+  d["layout"] = v.layout == ConvLayout::depthwise ? "depthwise" : "gemm";
+  return d;
+}
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  m.def("conv_packed_size_bytes", [](const std::array<int64_t, 11>& v) {
+    return conv_packed_size_bytes(params_of(v));
+  });
+  m.def("pack_conv_weight", [](const py::handle& w_obj, const std::array<int64_t, 11>& v,
+                               const py::handle& out_obj) {
+    const ConvParams p = params_of(v);
+    auto w = checked<int8_t>(w_obj, "weight", 4);
+    if (w.shape(0) != p.out_channels || w.shape(1) != p.in_channels / p.groups ||
+        w.shape(2) != p.kh || w.shape(3) != p.kw)
+      throw py::value_error("weight must have shape [out_channels, in_channels/groups, KH, KW]");
+    auto out = checked<uint8_t>(out_obj, "out", 1);
+    if (static_cast<size_t>(out.shape(0)) != conv_packed_size_bytes(p))
+      throw py::value_error("out must hold conv_packed_size_bytes(params) bytes");
+    const int8_t* src = w.data();
+    uint8_t* dst = out.mutable_data();
+    py::gil_scoped_release nogil;
+    pack_conv_weight(src, p, dst);
+  });
+  m.def("conv_packed_info", [](const py::handle& buf) { return info_of(view_of(buf)); });
+  m.def("conv2d", [](const py::handle& x, int32_t x_zp, const py::handle& packed,
+                     const py::handle& out, float x_scale, const py::handle& w_scale,
+                     const py::handle& bias, bool relu, float out_inv_scale, int32_t out_zp,
+                     int nthreads, const std::string& isa) {
+    ConvArgs c;
+    c.wt = view_of(packed);
+    fill_args(c, c.wt.p, x, x_zp, out, x_scale, w_scale, bias, relu, out_inv_scale, out_zp);
+    const Isa path = isa.empty() ? active_isa() : parse_isa(isa);
+    py::gil_scoped_release nogil;
+    conv2d_with_isa(c, nthreads, path);
+  });
+  m.def("conv2d_reference", [](const py::handle& x, int32_t x_zp, const py::handle& w_obj,
+                               const std::array<int64_t, 11>& v, const py::handle& out,
+                               float x_scale, const py::handle& w_scale, const py::handle& bias,
+                               bool relu, float out_inv_scale, int32_t out_zp) {
+    const ConvParams p = params_of(v);
+    auto w = checked<int8_t>(w_obj, "weight", 4);
+    if (w.shape(0) != p.out_channels || w.shape(1) != p.in_channels / p.groups ||
+        w.shape(2) != p.kh || w.shape(3) != p.kw)
+      throw py::value_error("weight must have shape [out_channels, in_channels/groups, KH, KW]");
+    ConvArgs c;
+    fill_args(c, p, x, x_zp, out, x_scale, w_scale, bias, relu, out_inv_scale, out_zp);
+    if (c.x_zp < 0 || c.x_zp > 255) throw py::value_error("x_zero_point must be in [0, 255]");
+    const int8_t* wp = w.data();
+    py::gil_scoped_release nogil;
+    conv2d_reference(c, p, wp);
+  });
+}

@@ -1,0 +1,261 @@
+"""quantize_dynamic: swap float modules for int8kit's dynamic quantized modules.
+
+The conversion runs in two phases so that a failure never leaves a model half-converted:
+first every replacement is built (and every skip recorded) without touching the model,
+then all swaps are committed at once. With inplace=False (the default) the work is done
+on a deep copy and the caller's model is never modified at all.
+
+Adding a module type (nn.Conv2d, later) means registering its quantized class here:
+the class needs `from_float(module, **options)` raising NotConvertibleError for modules it
+cannot represent (those are reported and skipped), `scheme()` and `weight_bytes()`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .nn import NotConvertibleError, QuantLinear
+
+# Float module type (matched exactly, not by isinstance) -> quantized module class.
+DYNAMIC_MODULES: dict[type, type] = {nn.Linear: QuantLinear}
+
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def register_dynamic_module(float_type: type, quant_type: type) -> None:
+    """Makes quantize_dynamic convert modules of exactly `float_type` with `quant_type`."""
+    if not (isinstance(float_type, type) and issubclass(float_type, nn.Module)):
+        raise TypeError(f"float_type must be an nn.Module subclass, got {float_type!r}")
+    if not callable(getattr(quant_type, "from_float", None)):
+        raise TypeError(f"quant_type must define from_float(module, **options), got {quant_type!r}")
+    DYNAMIC_MODULES[float_type] = quant_type
+
+
+@dataclass
+class LayerReport:
+    name: str            # qualified module name ("" is the root)
+    module_type: str     # the float module's class name
+    converted: bool
+    detail: str          # the scheme when converted, the reason when skipped
+    bytes_before: int    # weight + bias bytes of the float module
+    bytes_after: int     # bytes of the quantized module, packed weights included
+
+
+@dataclass
+class ConversionReport:
+    """What quantize_dynamic did, layer by layer; str() gives a table."""
+
+    layers: list[LayerReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    model_bytes_before: int = 0   # all parameters and buffers, shared tensors counted once
+    model_bytes_after: int = 0
+
+    @property
+    def converted(self) -> list[LayerReport]:
+        return [r for r in self.layers if r.converted]
+
+    @property
+    def skipped(self) -> list[LayerReport]:
+        return [r for r in self.layers if not r.converted]
+
+    def to_dict(self) -> dict:
+        return {"layers": [asdict(r) for r in self.layers], "notes": list(self.notes),
+                "model_bytes_before": self.model_bytes_before,
+                "model_bytes_after": self.model_bytes_after,
+                "converted": len(self.converted), "skipped": len(self.skipped)}
+
+    def __str__(self) -> str:
+        rows = [("layer", "type", "status", "bytes before", "bytes after", "detail")]
+        for r in self.layers:
+            rows.append((r.name or "(root)", r.module_type,
+                         "converted" if r.converted else "skipped",
+                         f"{r.bytes_before:,}", f"{r.bytes_after:,}", r.detail))
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5]
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"{len(self.converted)} converted, {len(self.skipped)} skipped; model "
+                     f"weights {self.model_bytes_before:,} -> {self.model_bytes_after:,} bytes "
+                     "(packed kernel copies included)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    unique = {id(t): t for t in tensors if t is not None}
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def _module_bytes(m: nn.Module) -> int:
+    return _tensor_bytes(list(m.parameters()) + list(m.buffers()))
+
+
+def _check_options(opts, where: str) -> dict:
+    if opts is None:
+        return {}
+    if not isinstance(opts, Mapping) or not all(isinstance(k, str) for k in opts):
+        raise TypeError(f"{where} must be a dict of keyword options or None, got {opts!r}")
+    return dict(opts)
+
+
+def _parse_spec(spec, names: set[str]) -> tuple[dict, dict]:
+    """qconfig_spec -> ({float type: options}, {module name: options})."""
+    if spec is None:
+        spec = {nn.Linear}
+    if isinstance(spec, (str, type)) or not isinstance(spec, Iterable):
+        raise TypeError("qconfig_spec must be a set/list of module types or names, or a dict "
+                        f"mapping them to option dicts; got {spec!r}")
+    items = spec.items() if isinstance(spec, Mapping) else ((k, None) for k in spec)
+    by_type, by_name = {}, {}
+    for key, opts in items:
+        if isinstance(key, type):
+            if key not in DYNAMIC_MODULES:
+                known = ", ".join(t.__name__ for t in DYNAMIC_MODULES)
+                raise ValueError(f"qconfig_spec: int8kit has no dynamic quantized module for "
+                                 f"{key.__name__} (registered: {known})")
+            by_type[key] = _check_options(opts, f"qconfig_spec[{key.__name__}]")
+        elif isinstance(key, str):
+            if key not in names:
+                raise ValueError(f"qconfig_spec: the model has no module named {key!r}")
+            by_name[key] = _check_options(opts, f"qconfig_spec[{key!r}]")
+        else:
+            raise TypeError(f"qconfig_spec entries must be module types or names, got {key!r}")
+    return by_type, by_name
+
+
+def _within(name: str, prefixes) -> str | None:
+    """The longest prefix in `prefixes` that is `name` or one of its ancestors."""
+    hits = [p for p in prefixes if p == "" or name == p or name.startswith(p + ".")]
+    return max(hits, key=len) if hits else None
+
+
+def _skip_reason_for_subclass(mod: nn.Module, base: type) -> str:
+    if isinstance(mod, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return ("out_proj of nn.MultiheadAttention, which passes .weight straight to "
+                "F.multi_head_attention_forward (as it does in_proj_weight): kept in float")
+    return (f"subclass of {base.__name__} whose forward may differ; register "
+            f"{type(mod).__name__} with register_dynamic_module to convert it")
+
+
+def _disable_fast_path(module, args):
+    """No-op forward pre-hook: a hooked TransformerEncoderLayer skips its fused path."""
+    return None
+
+
+def _fix_parents(model: nn.Module, converted: list[str]) -> list[str]:
+    """Routes torch's fused transformer paths, which read child .weight tensors directly,
+    to their ordinary forward so that the quantized children are actually called."""
+    ancestors = {".".join(n.split(".")[:i]) for n in converted for i in range(n.count(".") + 1)}
+    notes = []
+    for name, m in model.named_modules():
+        if name not in ancestors or name in converted:
+            continue
+        if type(m) is nn.TransformerEncoderLayer:
+            if _disable_fast_path not in m._forward_pre_hooks.values():
+                m.register_forward_pre_hook(_disable_fast_path)
+            notes.append(f"{name or '(root)'}: TransformerEncoderLayer fused fast path "
+                         "disabled (it reads linear weights as float) so the int8 layers run")
+        elif type(m) is nn.TransformerEncoder:
+            m.use_nested_tensor = False  # its nested-tensor path reads linear1.weight too
+    return notes
+
+
+def _swap(model: nn.Module, new_for: dict[int, nn.Module]) -> nn.Module:
+    """Replaces every reference to a converted module (shared ones included)."""
+    for parent in list(model.modules()):
+        for key, child in parent._modules.items():
+            if child is not None and id(child) in new_for:
+                parent._modules[key] = new_for[id(child)]
+    return new_for.get(id(model), model)
+
+
+def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = False,
+                     skip: Iterable[str] = (), strict: bool = False,
+                     **options) -> nn.Module:
+    """Returns `model` with its nn.Linear layers (or the selected ones) in int8.
+
+    qconfig_spec: None (every nn.Linear), a set of module types and/or module names (a
+      name selects that module and everything under it), or a dict mapping them to option
+      dicts, e.g. {nn.Linear: {"weight": "per_tensor"}}.
+    skip: module names (and everything under them) to keep in float.
+    options: passed to every from_float, e.g. weight="per_tensor", activation="per_tensor".
+    strict: raise NotConvertibleError instead of skipping a layer that cannot be converted.
+    The result carries `int8kit_report`, a ConversionReport. With inplace=False the input
+    model is never modified; with inplace=True it is modified only if the whole conversion
+    succeeds (a converted root module is returned, not swapped in place).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(skip, str):
+        skip = (skip,)
+    skip = list(skip)
+    names = {n for n, _ in model.named_modules(remove_duplicate=False)}
+    by_type, by_name = _parse_spec(qconfig_spec, names)
+    unknown = [s for s in skip if not isinstance(s, str) or s not in names]
+    if unknown:
+        raise ValueError(f"skip: the model has no module named {unknown}")
+
+    target = model if inplace else copy.deepcopy(model)
+    report = ConversionReport(model_bytes_before=_module_bytes(target))
+    owners: dict[int, list[str]] = {}
+    for pname, p in target.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(pname.rpartition(".")[0])
+
+    new_for: dict[int, nn.Module] = {}
+    done: list[str] = []
+    new_names: set[str] = set()  # (a set: models can have thousands of layers)
+    for name, mod in target.named_modules():
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in new_names for i in range(1, len(parts))):
+            continue  # inside a module already replaced
+        base = next((t for t in DYNAMIC_MODULES if isinstance(mod, t)), None)
+        name_key = _within(name, by_name)
+        if base is None or not (name_key is not None or any(isinstance(mod, t) for t in by_type)):
+            continue
+        row = LayerReport(name, type(mod).__name__, False, "", _module_bytes(mod), 0)
+        report.layers.append(row)
+        quant_cls = DYNAMIC_MODULES.get(type(mod))
+        if _within(name, skip) is not None:
+            row.detail = f"in skip list ({_within(name, skip)!r})"
+        elif quant_cls is None:
+            row.detail = _skip_reason_for_subclass(mod, base)
+        else:
+            opts = {**options, **by_type.get(type(mod), {}),
+                    **(by_name[name_key] if name_key is not None else {})}
+            try:
+                new = quant_cls.from_float(mod, **opts)
+            except NotConvertibleError as e:
+                row.detail = str(e)
+            else:
+                for attr in _HOOK_DICTS:  # keep the user's hooks on the swapped module
+                    if hasattr(mod, attr):
+                        setattr(new, attr, type(getattr(mod, attr))(getattr(mod, attr)))
+                new.train(mod.training)
+                new_for[id(mod)] = new
+                done.append(name)
+                new_names.add(name)
+                row.converted = True
+                row.detail = new.scheme()
+                w = getattr(mod, "weight", None)
+                tied = [o for o in owners.get(id(w), []) if o != name]
+                if tied:
+                    row.detail += f"; weight tied to {tied}, whose float copy stays"
+        if not row.converted:
+            row.bytes_after = row.bytes_before
+            if strict and not row.detail.startswith("in skip list"):
+                raise NotConvertibleError(f"cannot convert {name or '(root)'}: {row.detail}")
+        else:
+            row.bytes_after = new_for[id(mod)].weight_bytes()
+
+    # Commit: nothing below can fail on a well-formed module tree.
+    result = _swap(target, new_for)
+    report.notes = _fix_parents(result, done)
+    report.model_bytes_after = _module_bytes(result)
+    result.int8kit_report = report
+    return result

@@ -1,0 +1,157 @@
+"""QuantConv2d: a drop-in dynamic int8 replacement for nn.Conv2d (float in, float out)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import conv_ops
+from ..qparams import choose_qparams, quantize
+from ._base import NotConvertibleError, QuantModuleBase
+from ._conv_op import conv2d_dynamic, conv2d_dynamic_impl
+
+WEIGHT_SCHEMES = ("per_channel", "per_tensor")
+_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _use_custom_op(x: torch.Tensor) -> bool:
+    """True while tracing (torch.compile, torch.export, jit, fake or proxy tensors)."""
+    return torch.compiler.is_compiling() or type(x) is not torch.Tensor or torch.jit.is_tracing()
+
+
+def _resolve_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """nn.Conv2d's padding as a symmetric pair; 'same' needs an even total per side."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        out = []
+        for d, k in zip(conv.dilation, conv.kernel_size):
+            total = d * (k - 1)
+            if total % 2:
+                raise NotConvertibleError("padding='same' with an even dilated kernel pads "
+                                          "asymmetrically, which int8kit does not support")
+            out.append(total // 2)
+        return tuple(out)
+    return tuple(conv.padding)
+
+
+class QuantConv2d(QuantModuleBase):
+    """nn.Conv2d with int8 weights and uint8 activations quantized per call (dynamic).
+
+    weight: int8 symmetric, "per_channel" (one scale per output channel) or "per_tensor".
+    activation: uint8 asymmetric per tensor, measured at each call (torch.ao MinMax rule);
+    the padding is the real value 0, i.e. the activation zero point.
+    Input: float32 / bfloat16 / float16 [N, C, H, W], contiguous or channels_last; the
+    output has the input's dtype and memory format. Computation is channels-last inside.
+    """
+
+    _float32_buffers = ("weight_scale", "bias")
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 *, weight: str = "per_channel", threads: int | None = None):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode={padding_mode!r} is not supported; int8kit's "
+                             "QuantConv2d pads with zeros only")
+        if weight not in WEIGHT_SCHEMES:
+            raise ValueError(f"weight must be one of {WEIGHT_SCHEMES}, got {weight!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+        p = conv_ops.conv_params(in_channels, out_channels, kernel_size, stride, padding,
+                                 dilation, groups)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = p[2:4], p[4:6]
+        self.padding, self.dilation, self.groups = p[6:8], p[8:10], p[10]
+        self.padding_mode = "zeros"
+        self.weight_scheme, self.threads = weight, threads
+        self._params = list(p)
+        self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups,
+                                                    *self.kernel_size, dtype=torch.int8))
+        n_scales = out_channels if weight == "per_channel" else 1
+        self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
+        self._repack()
+
+    def _pack(self) -> torch.Tensor:
+        if self.qweight.device.type == "meta":
+            return torch.empty(0, dtype=torch.uint8, device="meta")
+        return conv_ops.pack_conv_weight(self.qweight.detach().cpu().contiguous(), self.stride,
+                                         self.padding, self.dilation, self.groups).buffer
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, *, weight: str = "per_channel",
+                   activation: str = "per_tensor", threads: int | None = None) -> "QuantConv2d":
+        """Quantizes a float nn.Conv2d's weight once (bias stays float32) and packs it."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        if weight not in WEIGHT_SCHEMES:
+            raise ValueError(f"weight must be one of {WEIGHT_SCHEMES}, got {weight!r}")
+        if activation != "per_tensor":
+            raise NotConvertibleError(f"activation={activation!r}: QuantConv2d quantizes "
+                                      "activations per tensor only")
+        if conv.padding_mode != "zeros":
+            raise NotConvertibleError(f"padding_mode={conv.padding_mode!r} is not supported "
+                                      "(zeros only)")
+        w = conv.weight
+        if w.device.type != "cpu":
+            raise NotConvertibleError(f"weight is on device {w.device}; int8kit runs on CPU")
+        if not w.is_floating_point():
+            raise NotConvertibleError(f"weight has dtype {w.dtype}, expected floating point")
+        k = w.shape[1] * w.shape[2] * w.shape[3]
+        if k > conv_ops.MAX_K:
+            raise NotConvertibleError(f"KH*KW*in_channels/groups={k} exceeds the int32-exact "
+                                      f"bound MAX_K={conv_ops.MAX_K}")
+        w = w.detach().float()
+        axis = 0 if weight == "per_channel" else None
+        try:
+            scale, zp = choose_qparams(w, symmetric=True, signed=True, axis=axis)
+        except ValueError as e:
+            raise NotConvertibleError(f"weight: {e}") from None
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+                  weight=weight, threads=threads)
+        mod.qweight.copy_(quantize(w, scale, zp, signed=True, axis=axis))
+        mod.weight_scale.copy_(scale.reshape(-1))
+        if conv.bias is not None:
+            mod.bias.copy_(conv.bias.detach().float())
+        mod._repack()
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _INPUT_DTYPES:
+            raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"x must be a CPU tensor, got device {x.device}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape [N, {self.in_channels} (in_channels), H, W], "
+                             f"got {tuple(x.shape)}")
+        kh, kw = self.kernel_size
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        if x.shape[2] + 2 * ph < dh * (kh - 1) + 1 or x.shape[3] + 2 * pw < dw * (kw - 1) + 1:
+            raise ValueError(f"x's spatial size {tuple(x.shape[2:])} (padded by "
+                             f"{self.padding}) is smaller than the dilated kernel")
+        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                         and not x.is_contiguous())
+        xf = x.to(torch.float32)
+        args = (xf, self.packed, self.weight_scale, self.bias, self._params, False,
+                self.threads or 0, channels_last)
+        y = conv2d_dynamic(*args) if _use_custom_op(x) else conv2d_dynamic_impl(*args)
+        return y.to(x.dtype)
+
+    def dequantize_weight(self) -> torch.Tensor:
+        """The float32 weight the kernels effectively use: qweight * scale (per channel)."""
+        return self.qweight.float() * self.weight_scale.reshape(-1, 1, 1, 1)
+
+    def scheme(self) -> str:
+        return f"weight=int8 symmetric {self.weight_scheme}, activation=uint8 dynamic per_tensor"
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, {self.scheme()}")

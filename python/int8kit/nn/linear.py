@@ -1,0 +1,132 @@
+"""QuantLinear: a drop-in dynamic int8 replacement for nn.Linear (float in, float out)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from .._custom_ops import linear_dynamic, linear_dynamic_impl
+from ..qparams import choose_qparams, quantize
+from ._base import NotConvertibleError, QuantModuleBase
+
+WEIGHT_SCHEMES = ("per_channel", "per_tensor")
+ACTIVATION_SCHEMES = ("per_row", "per_tensor")
+_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _choice(value, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _use_custom_op(x: torch.Tensor) -> bool:
+    """True while tracing (torch.compile, torch.export, jit, fake or proxy tensors)."""
+    return torch.compiler.is_compiling() or type(x) is not torch.Tensor or torch.jit.is_tracing()
+
+
+class QuantLinear(QuantModuleBase):
+    """y = x @ W.T + b with W in int8 and x quantized to uint8 on the fly, per call.
+
+    weight: int8 symmetric, "per_channel" (one scale per output feature) or "per_tensor".
+    activation: uint8 asymmetric over the full [0, 255] range, measured "per_row" (per
+    token) or "per_tensor" at each call. The int32 accumulation is exact on every kernel
+    path, so torch's 7-bit reduce_range workaround is not needed.
+    Input: float32, bfloat16 or float16 of shape [..., in_features]; output: same dtype.
+    """
+
+    _float32_buffers = ("weight_scale", "bias")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight: str = "per_channel", activation: str = "per_row",
+                 threads: int | None = None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if in_features > ops.MAX_K:
+            raise ValueError(f"in_features={in_features} exceeds the int32-exact bound "
+                             f"MAX_K={ops.MAX_K}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or threads < 1):
+            raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_scheme = _choice(weight, "weight", WEIGHT_SCHEMES)
+        self.activation_scheme = _choice(activation, "activation", ACTIVATION_SCHEMES)
+        self.threads = threads
+        n_scales = out_features if weight == "per_channel" else 1
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._repack()
+
+    def _pack(self) -> torch.Tensor:
+        if self.qweight.device.type == "meta":  # shape-only module: nothing to pack yet
+            return torch.empty(0, dtype=torch.uint8, device="meta")
+        return ops.pack_weight(self.qweight.detach().cpu().contiguous()).buffer
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, *, weight: str = "per_channel",
+                   activation: str = "per_row", threads: int | None = None) -> "QuantLinear":
+        """Quantizes a float nn.Linear's weight once (bias stays float32) and packs it."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        _choice(weight, "weight", WEIGHT_SCHEMES)
+        _choice(activation, "activation", ACTIVATION_SCHEMES)
+        w = linear.weight
+        if w.device.type != "cpu":
+            raise NotConvertibleError(f"weight is on device {w.device}; int8kit runs on CPU")
+        if not w.is_floating_point():
+            raise NotConvertibleError(f"weight has dtype {w.dtype}, expected floating point")
+        if linear.in_features > ops.MAX_K:
+            raise NotConvertibleError(f"in_features={linear.in_features} exceeds the "
+                                      f"int32-exact bound MAX_K={ops.MAX_K}")
+        w = w.detach().float()
+        axis = 0 if weight == "per_channel" else None
+        try:
+            scale, zp = choose_qparams(w, symmetric=True, signed=True, axis=axis)
+        except ValueError as e:  # NaN / Inf weights
+            raise NotConvertibleError(f"weight: {e}") from None
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  weight=weight, activation=activation, threads=threads)
+        mod.qweight.copy_(quantize(w, scale, zp, signed=True, axis=axis))
+        mod.weight_scale.copy_(scale.reshape(-1))
+        if linear.bias is not None:
+            mod.bias.copy_(linear.bias.detach().float())
+        mod._repack()
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _INPUT_DTYPES:
+            raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"x must be a CPU tensor (int8kit's kernels run on CPU), "
+                             f"got device {x.device}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape [..., {self.in_features}] "
+                             f"(in_features), got {tuple(x.shape)}")
+        # Skip no-op reshapes/casts: at M=1 each torch call costs ~1 us, the GEMM ~10 us.
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        args = (x2, self.packed, self.weight_scale, self.bias, self.out_features,
+                self.activation_scheme == "per_row", False, self.threads or 0)
+        y = linear_dynamic(*args) if _use_custom_op(x) else linear_dynamic_impl(*args)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def dequantize_weight(self) -> torch.Tensor:
+        """The float32 weight the kernels effectively use: qweight * scale (per row)."""
+        return self.qweight.float() * self.weight_scale.reshape(-1, 1)
+
+    def scheme(self) -> str:
+        return (f"weight=int8 symmetric {self.weight_scheme}, "
+                f"activation=uint8 dynamic {self.activation_scheme}")
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self.scheme()}")

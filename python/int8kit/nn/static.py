@@ -1,0 +1,268 @@
+"""Static quantized modules: the input's scale and zero point are fixed by calibration.
+
+They take and return ordinary float tensors like the dynamic modules, but quantize the
+input with stored parameters (buffers input_scale, input_zero_point, saved in state_dict)
+instead of measuring its range per call. They also expose the two halves of forward so a
+chain of them can pass uint8 activations along without a float round trip:
+
+  quantize_input(x)              float -> uint8 with the calibrated input parameters
+  forward_quantized(q, out=None) uint8 -> float32, or -> uint8 requantized (fused in the
+                                 kernel) with out=(scale, zero_point), the next layer's
+                                 input parameters
+
+forward(x) == forward_quantized(quantize_input(x)), so the chain and the float hand-off
+compute the same values bit for bit (see static.QuantSequential).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _C, ops
+from ..qparams import choose_qparams, quantize
+from ._base import NotConvertibleError
+from .conv import QuantConv2d, _resolve_padding
+from .linear import QuantLinear
+
+_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_input(x, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _INPUT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
+
+
+def _quantize_fixed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """uint8 tensor of x's shape, with the kernels' quantizer (bit-identical to gemm_u8's
+    requantize epilogue); NaN/Inf raise instead of mapping silently to 0 or 255."""
+    flat = x.detach().to(torch.float32).contiguous().reshape(-1)
+    if flat.numel() and not _C.minmax(flat.numpy())[2]:
+        raise ValueError("x contains NaN or Inf; cannot quantize it")
+    q = torch.empty(flat.shape, dtype=torch.uint8)
+    _C.quantize_u8(flat.numpy(), float(scale.item()), int(zero_point.item()), q.numpy())
+    return q.reshape(x.shape)
+
+
+def _check_out(out):
+    if out is None:
+        return None
+    scale, zp = (float(torch.as_tensor(v).item()) for v in out)
+    if not (np.isfinite(scale) and scale > 0) or not 0 <= zp <= 255:
+        raise ValueError(f"out must be (scale > 0, zero_point in [0, 255]), got {out!r}")
+    return float(np.float32(1.0) / np.float32(scale)), int(zp)
+
+
+class _StaticMixin:
+    """Buffers and helpers shared by the static modules."""
+
+    def _init_static(self, relu: bool) -> None:
+        self.relu = bool(relu)
+        self.register_buffer("input_scale", torch.ones(1, dtype=torch.float32))
+        self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32))
+
+    def set_input_qparams(self, scale, zero_point) -> None:
+        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        zp = torch.as_tensor(zero_point).reshape(-1)
+        if scale.numel() != 1 or zp.numel() != 1:
+            raise ValueError("input scale and zero_point must be single values (per tensor)")
+        if not (bool(torch.isfinite(scale).all()) and float(scale) > 0):
+            raise ValueError(f"input scale must be finite and > 0, got {float(scale)}")
+        if zp.is_floating_point() or not 0 <= int(zp) <= 255:
+            raise ValueError(f"input zero_point must be an integer in [0, 255], got {zp.item()}")
+        self.input_scale.copy_(scale)
+        self.input_zero_point.copy_(zp.to(torch.int32))
+
+    def input_range(self) -> tuple[float, float]:
+        """The float range the input quantizer represents: scale * ([0, 255] - zp)."""
+        s, z = float(self.input_scale), int(self.input_zero_point)
+        return s * (0 - z), s * (255 - z)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x)
+        return _quantize_fixed(x, self.input_scale, self.input_zero_point)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.forward_quantized(self.quantize_input(x))
+        return y.to(x.dtype)
+
+    def _static_repr(self) -> str:
+        lo, hi = self.input_range()
+        return (f"input=uint8 static [{lo:.4g}, {hi:.4g}] (scale={float(self.input_scale):.4g}, "
+                f"zero_point={int(self.input_zero_point)}), relu={self.relu}")
+
+
+def _weight_qparams(w: torch.Tensor, weight_qparams, per_channel: bool):
+    """(scale [N or 1], zero point) for w: given by a weight observer, else min/max."""
+    if weight_qparams is None:
+        try:
+            return choose_qparams(w, symmetric=True, signed=True, axis=0 if per_channel else None)
+        except ValueError as e:
+            raise NotConvertibleError(f"weight: {e}") from None
+    scale, zp = weight_qparams
+    if bool((torch.as_tensor(zp) != 0).any()):
+        raise NotConvertibleError("weight zero points must be 0 (symmetric signed weights)")
+    n = scale.numel()
+    if n not in (1, w.shape[0]) or (n > 1) != per_channel:
+        raise NotConvertibleError(f"weight scale has {n} values, expected "
+                                  f"{w.shape[0] if per_channel else 1}")
+    return scale, zp
+
+
+class StaticQuantLinear(_StaticMixin, QuantLinear):
+    """nn.Linear (optionally with a fused ReLU) with int8 weights and a uint8 input whose
+    scale and zero point were fixed by calibration."""
+
+    _float32_buffers = QuantLinear._float32_buffers + ("input_scale",)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight: str = "per_channel", relu: bool = False, threads: int | None = None):
+        super().__init__(in_features, out_features, bias, weight=weight,
+                         activation="per_tensor", threads=threads)
+        self._init_static(relu)
+
+    @classmethod
+    def from_float(cls, linear, input_scale, input_zero_point, *, weight_qparams=None,
+                   relu: bool = False, threads: int | None = None) -> "StaticQuantLinear":
+        """From an nn.Linear and calibrated input parameters. weight_qparams: (scale,
+        zero_point) from a weight observer (one scale: per tensor), else per-channel min/max."""
+        base = QuantLinear.from_float(linear, threads=threads)  # checks the float module
+        w = linear.weight.detach().float()
+        per_channel = weight_qparams is None or weight_qparams[0].numel() > 1
+        scale, zp = _weight_qparams(w, weight_qparams, per_channel)
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  weight="per_channel" if per_channel else "per_tensor", relu=relu,
+                  threads=threads)
+        mod.qweight.copy_(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
+                                   zp.reshape(-1) if per_channel else zp.reshape(()),
+                                   signed=True, axis=0 if per_channel else None))
+        mod.weight_scale.copy_(scale.reshape(-1))
+        if base.bias is not None:
+            mod.bias.copy_(base.bias)
+        mod.set_input_qparams(input_scale, input_zero_point)
+        mod._repack()
+        return mod
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape [..., {self.in_features}] (in_features), "
+                             f"got {tuple(x.shape)}")
+        return _quantize_fixed(x, self.input_scale, self.input_zero_point)
+
+    def forward_quantized(self, q: torch.Tensor, out=None) -> torch.Tensor:
+        """q: uint8 [..., in_features] -> float32 [..., out_features], or uint8 with out."""
+        if q.dtype != torch.uint8 or q.dim() == 0 or q.shape[-1] != self.in_features:
+            raise ValueError(f"q must be uint8 [..., {self.in_features}], got "
+                             f"{q.dtype} {tuple(q.shape)}")
+        req = _check_out(out)
+        q2 = q.reshape(-1, self.in_features).contiguous()
+        dtype = np.float32 if req is None else np.uint8
+        y = np.empty((q2.shape[0], self.out_features), dtype=dtype)
+        if q2.shape[0]:
+            inv, zp = req if req is not None else (1.0, 0)
+            _C.gemm(q2.numpy(), self.input_zero_point.numpy(), self.packed.numpy(), y,
+                    self.input_scale.numpy(), self.weight_scale.numpy(),
+                    None if self.bias is None else self.bias.numpy(), self.relu, inv, zp,
+                    self.threads or torch.get_num_threads(), "")
+        return torch.from_numpy(y).reshape(*q.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, weight=int8 symmetric {self.weight_scheme}, "
+                + self._static_repr())
+
+
+class StaticQuantConv2d(_StaticMixin, QuantConv2d):
+    """nn.Conv2d (optionally with a fused ReLU) with int8 weights and a uint8 input whose
+    scale and zero point were fixed by calibration. uint8 activations in forward_quantized
+    are NCHW tensors (channels_last strides avoid a transpose; the output has them)."""
+
+    _float32_buffers = QuantConv2d._float32_buffers + ("input_scale",)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 *, weight: str = "per_channel", relu: bool = False, threads: int | None = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, weight=weight, threads=threads)
+        self._init_static(relu)
+
+    @classmethod
+    def from_float(cls, conv, input_scale, input_zero_point, *, weight_qparams=None,
+                   relu: bool = False, threads: int | None = None) -> "StaticQuantConv2d":
+        """From an nn.Conv2d and calibrated input parameters. weight_qparams: (scale,
+        zero_point) from a weight observer (one scale: per tensor), else per-channel min/max."""
+        base = QuantConv2d.from_float(conv, threads=threads)  # checks the float module
+        w = conv.weight.detach().float()
+        per_channel = weight_qparams is None or weight_qparams[0].numel() > 1
+        scale, zp = _weight_qparams(w, weight_qparams, per_channel)
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+                  weight="per_channel" if per_channel else "per_tensor", relu=relu,
+                  threads=threads)
+        mod.qweight.copy_(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
+                                   zp.reshape(-1) if per_channel else zp.reshape(()),
+                                   signed=True, axis=0 if per_channel else None))
+        mod.weight_scale.copy_(scale.reshape(-1))
+        if base.bias is not None:
+            mod.bias.copy_(base.bias)
+        mod.set_input_qparams(input_scale, input_zero_point)
+        mod._repack()
+        return mod
+
+    def _check_shape(self, shape, what: str) -> None:
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"{what} must have shape [N, {self.in_channels} (in_channels), "
+                             f"H, W], got {tuple(shape)}")
+        (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
+        if shape[2] + 2 * ph < dh * (kh - 1) + 1 or shape[3] + 2 * pw < dw * (kw - 1) + 1:
+            raise ValueError(f"{what}'s spatial size {tuple(shape[2:])} (padded by "
+                             f"{self.padding}) is smaller than the dilated kernel")
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x)
+        self._check_shape(x.shape, "x")
+        nhwc = x.permute(0, 2, 3, 1)
+        if nhwc.is_contiguous():  # channels_last: quantize in memory order, keep it
+            return _quantize_fixed(nhwc, self.input_scale, self.input_zero_point).permute(0, 3, 1, 2)
+        return _quantize_fixed(x, self.input_scale, self.input_zero_point)
+
+    def forward_quantized(self, q: torch.Tensor, out=None) -> torch.Tensor:
+        """q: uint8 [N, C, H, W] -> float32 [N, OC, OH, OW], or uint8 with out
+        (channels_last strides: the kernels compute NHWC)."""
+        if not isinstance(q, torch.Tensor) or q.dtype != torch.uint8:
+            raise ValueError(f"q must be a uint8 tensor, got {getattr(q, 'dtype', type(q))}")
+        self._check_shape(q.shape, "q")
+        req = _check_out(out)
+        inv, zp = req if req is not None else (1.0, 0)
+        n, _, h, w = q.shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        y = np.empty((n, oh, ow, self.out_channels), np.float32 if req is None else np.uint8)
+        if n:
+            qn = q.permute(0, 2, 3, 1).contiguous().numpy()
+            _C.conv2d(qn, int(self.input_zero_point), self.packed.numpy(), y,
+                      float(self.input_scale), self.weight_scale.numpy(),
+                      None if self.bias is None else self.bias.numpy(), self.relu, inv, zp,
+                      self.threads or torch.get_num_threads(), "")
+        return torch.from_numpy(y).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.forward_quantized(self.quantize_input(x)).to(x.dtype)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y if channels_last else y.contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bias={self.bias is not None}, weight=int8 symmetric "
+                f"{self.weight_scheme}, " + self._static_repr())
+
+
+STATIC_MODULES: tuple[type, ...] = (StaticQuantLinear, StaticQuantConv2d)

@@ -1,0 +1,330 @@
+"""Static post-training quantization: prepare -> calibrate -> convert.
+
+    prepared = int8kit.prepare(model, config)        # a fused copy with input observers
+    int8kit.calibrate(prepared, loader)              # or just run data through it
+    qmodel = int8kit.convert(prepared)               # static int8 modules, report attached
+    qmodel = int8kit.quantize_static(model, data)    # all three
+
+The user's model is never modified: prepare works on a deep copy, and convert builds every
+replacement on another copy before swapping anything in, so a failure leaves both the
+model and the prepared copy as they were.
+
+Where int8kit layers follow each other inside an nn.Sequential, linked only by operations
+that commute with quantization (ReLU, MaxPool2d, Flatten, Identity, Dropout at eval), the
+container becomes a QuantSequential that hands the uint8 activation from one layer to the
+next: the producer requantizes its output straight to the consumer's calibrated input
+parameters in its epilogue, so no float tensor is materialized between them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .convert import ConversionReport, LayerReport, _module_bytes
+from .fusion import ConvReLU2d, LinearReLU, fuse_modules
+from .nn._base import NotConvertibleError
+from .nn.static import STATIC_MODULES, StaticQuantConv2d, StaticQuantLinear
+from .qconfig import QuantConfig
+
+_OBSERVER = "int8kit_input_observer"
+_QCONFIG = "_int8kit_qconfig"
+
+
+def _float_layer(mod: nn.Module):
+    """(float conv/linear, relu fused, the float types it stands for) or None."""
+    t = type(mod)
+    if t is nn.Linear:
+        return mod, False, (nn.Linear,)
+    if t is LinearReLU:
+        return mod.linear, True, (nn.Linear,)
+    if t is nn.Conv2d:
+        return mod, False, (nn.Conv2d,)
+    if t is ConvReLU2d:
+        return mod.conv, True, (nn.Conv2d,)
+    return None
+
+
+def _observe_input(module, args):
+    """Forward pre-hook of a prepared layer: show its input to its observer."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        raise TypeError(f"layer {getattr(module, _OBSERVER).name!r}: expected a tensor input")
+    getattr(module, _OBSERVER)(args[0])
+
+
+# ------------------------------------------------------------------------------ prepare
+
+
+def prepare(model: nn.Module, config: QuantConfig | None = None, *, fuse: bool = True,
+            fuse_groups: list[list[str]] | None = None) -> nn.Module:
+    """A copy of `model` (in eval mode) with BN/ReLU fused and an input observer on every
+    Linear / Conv2d that `config` quantizes. Run calibration data through it, then convert.
+
+    fuse_groups: explicit fusion groups (lists of module names, e.g. for modules outside an
+    nn.Sequential) used instead of the patterns found in every nn.Sequential.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be an int8kit.QuantConfig or None, got {type(config).__name__}")
+    config.check_names(n for n, _ in model.named_modules())
+    work = copy.deepcopy(model).eval()
+    if fuse:
+        work = fuse_modules(work, fuse_groups, inplace=True)
+    skipped, fused = [], []
+    for name, mod in list(work.named_modules()):
+        hit = _float_layer(mod)
+        if hit is None or any(name.startswith(f + ".") for f in fused):
+            continue  # not a layer, or the conv/linear inside a fused one
+        if hit[0] is not mod:
+            fused.append(name)
+        qconfig = config.qconfig_for(name, mod, hit[2])
+        if qconfig is None:
+            skipped.append((name, type(mod).__name__, "qconfig is None (kept in float)"))
+            continue
+        obs = qconfig.activation()
+        obs.name = name
+        setattr(mod, _OBSERVER, obs)
+        setattr(mod, _QCONFIG, qconfig)
+        mod.register_forward_pre_hook(_observe_input)
+    work._int8kit_prepare_skips = skipped
+    return work
+
+
+def calibrate(prepared: nn.Module, data, *, progress: bool = True,
+              max_batches: int | None = None) -> nn.Module:
+    """Runs calibration data through a prepared model (no gradients), with a progress bar.
+
+    data: a tensor (one batch), or an iterable (e.g. a DataLoader) of tensors or of
+    (input, target, ...) tuples, whose first element is fed to the model.
+    """
+    if getattr(prepared, "_int8kit_prepare_skips", None) is None:
+        raise TypeError("prepared must be a model returned by int8kit.prepare")
+    if isinstance(data, torch.Tensor):
+        data = [data]
+    if not isinstance(data, Iterable):
+        raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be None or a positive int, got {max_batches!r}")
+    from tqdm.auto import tqdm
+
+    try:
+        total = len(data)
+    except TypeError:
+        total = None
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches)
+    n = 0
+    with torch.no_grad():
+        for batch in tqdm(data, total=total, desc="int8kit calibration", unit="batch",
+                          disable=not progress, leave=False):
+            if max_batches is not None and n >= max_batches:
+                break
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            prepared(x)
+            n += 1
+    if n == 0:
+        raise ValueError("data is empty: calibration needs at least one batch")
+    return prepared
+
+
+# ------------------------------------------------------------------------------ convert
+
+
+@dataclass
+class StaticLayerReport(LayerReport):
+    """A ConversionReport row plus the calibrated input range and parameters."""
+
+    input_range: tuple[float, float] | None = None   # what the observer chose
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+
+
+def _float_bytes(mod: nn.Module) -> int:
+    """Bytes of parameters and buffers, observers excluded."""
+    seen = {}
+    for n, t in list(mod.named_parameters()) + list(mod.named_buffers()):
+        if _OBSERVER not in n and t is not None:
+            seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def _build(name: str, mod: nn.Module) -> tuple[nn.Module | None, StaticLayerReport]:
+    """The static replacement of one prepared layer (None if skipped) and its report row."""
+    float_mod, relu, _ = _float_layer(mod)
+    obs = getattr(mod, _OBSERVER)
+    row = StaticLayerReport(name, type(mod).__name__, False, "", _float_bytes(float_mod), 0)
+    if not obs.calibrated:
+        row.detail = "never ran during calibration (no input range)"
+        return None, row
+    lo, hi = obs.calculate_range()
+    scale, zp = obs.calculate_qparams()
+    row.input_range = (float(lo), float(hi))
+    row.input_scale, row.input_zero_point = float(scale), int(zp)
+    wobs = getattr(mod, _QCONFIG).weight()
+    wobs.name = name
+    try:
+        wobs(float_mod.weight.detach())
+        wq = wobs.calculate_qparams()
+        cls = StaticQuantLinear if isinstance(float_mod, nn.Linear) else StaticQuantConv2d
+        new = cls.from_float(float_mod, scale, zp, weight_qparams=wq, relu=relu)
+    except (NotConvertibleError, ValueError) as e:
+        row.detail = str(e)
+        return None, row
+    row.converted = True
+    row.bytes_after = new.weight_bytes()
+    wscheme = "per-channel" if wq.scale.numel() > 1 else "per-tensor"
+    row.detail = (f"int8 {wscheme} weights ({type(wobs).__name__}); uint8 input "
+                  f"[{float(lo):.4g}, {float(hi):.4g}] ({type(obs).__name__}: "
+                  f"scale={float(scale):.4g}, zp={int(zp)})" + ("; relu fused" if relu else ""))
+    return new, row
+
+
+def _strip(mod: nn.Module) -> None:
+    """Removes int8kit's observer and hook from a layer that stays in float."""
+    for key, hook in list(mod._forward_pre_hooks.items()):
+        if hook is _observe_input:
+            del mod._forward_pre_hooks[key]
+    for attr in (_OBSERVER, _QCONFIG):
+        if hasattr(mod, attr):
+            delattr(mod, attr)
+
+
+def convert(prepared: nn.Module, *, handoff: bool = True, strict: bool = False) -> nn.Module:
+    """A new model with every calibrated layer of `prepared` replaced by its static int8
+    module; `prepared` is not modified. handoff=False keeps float tensors between layers
+    (for comparison: the result is the same). strict: raise on a layer that cannot convert.
+    The result carries `int8kit_report`, a ConversionReport with StaticLayerReport rows."""
+    skips = getattr(prepared, "_int8kit_prepare_skips", None)
+    if skips is None:
+        raise TypeError("prepared must be a model returned by int8kit.prepare (and calibrated)")
+    work = copy.deepcopy(prepared)
+    report = ConversionReport(model_bytes_before=_float_bytes(work))
+    for name, kind, reason in skips:
+        report.layers.append(StaticLayerReport(name, kind, False, reason, 0, 0))
+    new_for: dict[int, nn.Module] = {}
+    for name, mod in work.named_modules():
+        if not hasattr(mod, _OBSERVER) or id(mod) in new_for:
+            continue
+        new, row = _build(name, mod)
+        report.layers.append(row)
+        if new is None:
+            if strict:
+                raise NotConvertibleError(f"cannot convert {name or '(root)'}: {row.detail}")
+            row.bytes_after = row.bytes_before
+        else:
+            new_for[id(mod)] = new
+    # Commit: nothing below fails on a well-formed module tree.
+    for mod in work.modules():
+        if hasattr(mod, _OBSERVER):
+            _strip(mod)
+    for parent in list(work.modules()):
+        for key, child in parent._modules.items():
+            if child is not None and id(child) in new_for:
+                parent._modules[key] = new_for[id(child)]
+    work = new_for.get(id(work), work)
+    if handoff:
+        work = _chain(work, report)
+    for attr in ("_int8kit_prepare_skips", "int8kit_report"):
+        work.__dict__.pop(attr, None)
+    report.model_bytes_after = _module_bytes(work)
+    work.int8kit_report = report
+    return work
+
+
+def quantize_static(model: nn.Module, calibration_data, config: QuantConfig | None = None, *,
+                    progress: bool = False, handoff: bool = True, **prepare_options) -> nn.Module:
+    """prepare + calibrate + convert; `model` is not modified."""
+    prepared = prepare(model, config, **prepare_options)
+    calibrate(prepared, calibration_data, progress=progress)
+    return convert(prepared, handoff=handoff)
+
+
+# ---------------------------------------------------------------------- uint8 hand-off
+
+
+def _u8_op(mod: nn.Module):
+    """fn(q, zero_point) computing `mod` exactly on uint8 activations, or None.
+
+    Exact because each op commutes with the monotonic quantizer: quantize(relu(y)) =
+    max(quantize(y), zp) (0.0 quantizes to zp exactly), max pooling picks the same element
+    (padding is the lowest value in either form), reshapes move values unchanged."""
+    t = type(mod)
+    if t is nn.ReLU:
+        return lambda q, zp: q.clamp_min(zp)
+    if t is nn.MaxPool2d and not mod.return_indices:
+        # .contiguous(): torch 2.13's uint8 max_pool2d rejects channels_last input.
+        return lambda q, zp: F.max_pool2d(q.contiguous(), mod.kernel_size, mod.stride, mod.padding,
+                                          mod.dilation, mod.ceil_mode)
+    if t in (nn.Flatten, nn.Identity) or (t in (nn.Dropout, nn.Dropout2d) and not mod.training):
+        return lambda q, zp: mod(q)
+    return None
+
+
+def _links(mods: list[nn.Module]) -> dict[int, int]:
+    """producer index -> consumer index for static layers linked by exact uint8 ops."""
+    links = {}
+    for i, m in enumerate(mods):
+        if not isinstance(m, STATIC_MODULES):
+            continue
+        j = i + 1
+        while j < len(mods) and not isinstance(mods[j], STATIC_MODULES) and _u8_op(mods[j]):
+            j += 1
+        if j < len(mods) and isinstance(mods[j], STATIC_MODULES):
+            links[i] = j
+    return links
+
+
+class QuantSequential(nn.Sequential):
+    """nn.Sequential (same children, same state_dict keys) that passes uint8 activations
+    between linked int8kit layers instead of float tensors. Float in, float out."""
+
+    def forward(self, x):
+        mods = list(self._modules.values())
+        links = _links(mods)
+        q = zp = None  # the uint8 activation and its zero point, while inside a chain
+        for i, m in enumerate(mods):
+            if isinstance(m, STATIC_MODULES):
+                qin = q if q is not None else m.quantize_input(x)
+                if i in links:
+                    nxt = mods[links[i]]
+                    q = m.forward_quantized(qin, out=(nxt.input_scale, nxt.input_zero_point))
+                    zp = int(nxt.input_zero_point)
+                else:
+                    x, q = m.forward_quantized(qin).to(x.dtype), None
+            elif q is not None:
+                q = _u8_op(m)(q, zp)
+            else:
+                x = m(x)
+        return x
+
+
+def _chain(model: nn.Module, report: ConversionReport) -> nn.Module:
+    """Turns every nn.Sequential with at least one producer -> consumer link into a
+    QuantSequential (children shared, so nothing is copied)."""
+    def convert_seq(seq):
+        links = _links(list(seq._modules.values()))
+        if not links:
+            return seq
+        names = list(seq._modules)
+        report.notes.append("uint8 hand-off: " + ", ".join(
+            f"{names[i]} -> {names[j]}" for i, j in links.items())
+            + (f" (in {seq_names.get(id(seq)) or '(root)'})"))
+        new = QuantSequential(OrderedDict(seq._modules))
+        new.train(seq.training)
+        return new
+
+    seq_names = {id(m): n for n, m in model.named_modules()}
+    for parent in list(model.modules()):
+        for key, child in parent._modules.items():
+            if type(child) is nn.Sequential:
+                parent._modules[key] = convert_seq(child)
+    return convert_seq(model) if type(model) is nn.Sequential else model

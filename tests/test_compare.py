@@ -1,0 +1,284 @@
+"""int8kit.compare: every number checked against a value computed here, independently."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import int8kit
+from int8kit.evaluate import SECTIONS, compare
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FAST = dict(batch_sizes=(1, 4), latency_repeats=3, measure_memory=False)
+
+
+class Table(nn.Module):
+    """Returns a fixed score row per sample index: predictions fully controlled."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.register_buffer("scores", scores)
+
+    def forward(self, idx):
+        return self.scores[idx[:, 0].long()]
+
+
+class Scaled(nn.Module):
+    """Wraps a layer and perturbs its output by a known amount (same qualified name)."""
+
+    def __init__(self, inner, scale=1.0, noise=None):
+        super().__init__()
+        self.inner, self.scale, self.noise = inner, scale, noise
+
+    def forward(self, x):
+        y = self.inner(x) * self.scale
+        return y if self.noise is None else y + self.noise[: len(y)]
+
+
+def _table_models(n=200, classes=4, flips=23, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(n, classes, generator=g)
+    qs = fs.clone()
+    changed = torch.randperm(n, generator=g)[:flips]
+    for i in changed.tolist():  # force a different argmax on exactly these rows
+        qs[i, (int(fs[i].argmax()) + 1) % classes] = fs[i].max() + 1.0
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return Table(fs), Table(qs), x, y
+
+
+def test_accuracy_flips_and_per_class_slices_match_independent_values():
+    fm, qm, x, y = _table_models()
+    fp, qp = fm.scores.argmax(1), qm.scores.argmax(1)
+    r = compare(fm, qm, (x, y), **FAST)
+    assert r.metric["float"] == pytest.approx(float((fp == y).double().mean()))
+    assert r.metric["quantized"] == pytest.approx(float((qp == y).double().mean()))
+    c = r.changed_predictions
+    assert c["count"] == 23 == int((fp != qp).sum())
+    assert c["broken"] == int(((fp == y) & (qp != y)).sum())
+    assert c["fixed"] == int(((fp != y) & (qp == y)).sum())
+    assert sum(t["count"] for t in c["transitions"]) <= 23
+    for e in c["examples"]:
+        assert e["float"] == int(fp[e["index"]]) != e["quantized"] == int(qp[e["index"]])
+    by_name = {s["name"]: s for s in r.slices}
+    assert set(by_name) == {f"class {k}" for k in range(4)}
+    for k in range(4):
+        m = y == k
+        s = by_name[f"class {k}"]
+        assert s["n"] == int(m.sum())
+        assert s["float"] == pytest.approx(float((fp[m] == k).double().mean()))
+        assert s["quantized"] == pytest.approx(float((qp[m] == k).double().mean()))
+        assert s["changed"] == int((fp != qp)[m].sum())
+    deltas = [s["delta"] for s in r.slices]
+    assert deltas == sorted(deltas)  # largest drop first
+
+
+def test_caller_slices_and_callable_metric():
+    fm, qm, x, y = _table_models(seed=1)
+    fo, qo = fm.scores, qm.scores
+
+    def neg_mse(out, labels):  # any callable(outputs, labels) -> float
+        return -float(((out - nn.functional.one_hot(labels, 4).float()) ** 2).mean())
+
+    first = torch.arange(len(y)) < 50
+    r = compare(fm, qm, (x, y), metric=neg_mse,
+                slices={"first 50": first, "label 2": lambda xx, yy: yy == 2}, **FAST)
+    assert r.metric_name == "neg_mse"
+    assert r.metric["quantized"] == pytest.approx(neg_mse(qo, y))
+    s = {s["name"]: s for s in r.slices}
+    assert s["first 50"]["n"] == 50
+    assert s["first 50"]["float"] == pytest.approx(neg_mse(fo[first], y[first]))
+    assert s["label 2"]["quantized"] == pytest.approx(neg_mse(qo[y == 2], y[y == 2]))
+
+
+def test_iterable_of_batches_gives_the_same_report_as_a_tuple():
+    fm, qm, x, y = _table_models()
+    batches = [(x[i:i + 30], y[i:i + 30]) for i in range(0, len(x), 30)]
+    a = compare(fm, qm, (x, y), **FAST)
+    b = compare(fm, qm, batches, **FAST)
+    assert a.metric == b.metric and a.changed_predictions == b.changed_predictions
+
+
+def _mlp(d=8, hidden=16, out=4):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+def test_sqnr_and_cosine_of_known_perturbations():
+    fm = _mlp()
+    x = torch.randn(64, 8)
+    noise = 0.05 * torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    qm = copy.deepcopy(fm)
+    qm[0] = Scaled(qm[0], noise=noise)   # additive noise at layer 0
+    qm[2] = Scaled(qm[2], scale=1.01)    # 1 % gain at layer 2: SQNR would be 40 dB alone
+    r = compare(fm, qm, x, eval_batch_size=64, **FAST)
+    stats = {s.name: s for s in r.layers}
+    with torch.no_grad():
+        ref0 = fm[0](x).double()
+    n = noise.double()
+    assert stats["0"].sqnr_db == pytest.approx(
+        10 * math.log10(float((ref0 ** 2).sum() / (n ** 2).sum())), rel=1e-6)
+    assert stats["0"].cosine == pytest.approx(float(
+        nn.functional.cosine_similarity(ref0.flatten(), (ref0 + n).flatten(), dim=0)), rel=1e-9)
+    with torch.no_grad():
+        ref2 = fm(x).double()
+        q2 = fm[2](torch.relu(fm[0](x) + noise)).double() * 1.01
+    assert stats["2"].sqnr_db == pytest.approx(
+        10 * math.log10(float((ref2 ** 2).sum() / ((ref2 - q2) ** 2).sum())), rel=1e-5)
+    assert [s.sqnr_db for s in r.layers] == sorted(s.sqnr_db for s in r.layers)
+    assert stats["0"].quant_type == "Scaled" and stats["0"].calls == 1
+    assert r.output["sqnr_db"] == pytest.approx(stats["2"].sqnr_db, rel=1e-6)
+
+
+def test_identical_models_give_infinite_sqnr_and_no_flips():
+    fm = _mlp()
+    r = compare(fm, copy.deepcopy(fm), torch.randn(20, 8), **FAST)
+    assert all(math.isinf(s.sqnr_db) and s.cosine == pytest.approx(1.0) for s in r.layers)
+    assert r.changed_predictions["count"] == 0 and r.metric is None
+    assert r.to_dict()["layers"][0]["sqnr_db"] == "inf"
+
+
+def test_unmatched_layers_are_listed():
+    fm = _mlp()
+    qm = copy.deepcopy(fm)
+    qm.add_module("extra", nn.ReLU())      # only in the quantized model (never called)
+    fm2 = copy.deepcopy(fm)
+    fm2.add_module("unused", nn.Tanh())    # only in the float model
+    r = compare(fm2, qm, torch.randn(10, 8), **FAST)
+    assert r.unmatched_layers == {"float_only": ["unused"], "quantized_only": ["extra"]}
+
+
+def test_fused_group_is_compared_at_its_last_member():
+    import torch.ao.quantization as tq
+    torch.manual_seed(0)
+    fm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qm = tq.fuse_modules(copy.deepcopy(fm), [["0", "1", "2"]])
+    r = compare(fm, qm, torch.randn(6, 3, 8, 8), **FAST)
+    assert [s.name for s in r.layers] == ["0 (fused with 1, 2)"]
+    assert r.layers[0].sqnr_db > 80  # fusion only reorders float arithmetic
+
+
+def test_wrapped_quantized_model_is_matched_under_its_prefix():
+    fm = _mlp()
+    noisy = copy.deepcopy(fm)
+    noisy[2] = Scaled(noisy[2], scale=1.1)  # a 10 % gain: 20 dB at layer 2 exactly
+    wrapped = nn.Sequential(nn.Identity(), noisy, nn.Identity())  # stub, model, stub
+    r = compare(fm, wrapped, torch.randn(12, 8), **FAST)
+    stats = {s.name: s for s in r.layers}
+    assert set(stats) == {"0", "1", "2"}
+    assert stats["2"].sqnr_db == pytest.approx(20.0, rel=1e-6)
+    assert math.isinf(stats["0"].sqnr_db)
+    assert any("'1'" in n for n in r.notes)
+    assert r.unmatched_layers["quantized_only"] == ["0", "2"]
+
+
+def test_static_int8kit_model_layers():
+    torch.manual_seed(0)
+    fm = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                       nn.Linear(8 * 36, 10))
+    x = torch.rand(16, 1, 6, 6)
+    for handoff in (False, True):
+        qm = int8kit.quantize_static(fm, x, handoff=handoff)
+        r = compare(fm, qm, x, **FAST)
+        head = next(s for s in r.layers if s.name.startswith("0"))
+        assert head.name == "0 (fused with 1)"
+        if handoff:  # the uint8 hand-off bypasses forward(): reported, not invented
+            assert head.calls == 0 and math.isnan(head.sqnr_db) and head.note
+        else:
+            assert head.calls == 1 and head.sqnr_db > 25
+        assert r.output["sqnr_db"] > 25
+
+
+def test_int8kit_and_torch_ao_models_and_weight_bytes():
+    import torch.ao.quantization as tq
+    fm = _mlp(64, 96, 48).train()  # big enough that int8 beats the packing's padding
+    qm = int8kit.quantize_dynamic(fm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        am = tq.quantize_dynamic(fm, {nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(40, 64)
+    y = torch.randint(0, 48, (40,))
+    before = {k: v.clone() for k, v in fm.state_dict().items()}
+    for model in (qm, am):
+        r = compare(fm, model, (x, y), batch_sizes=(2,), latency_repeats=3)
+        assert {s.name for s in r.layers} == {"0", "1", "2"}
+        assert all(s.sqnr_db > 20 and s.calls == 1 for s in r.layers)
+        assert r.memory["float"]["weight_bytes"] == sum(p.numel() * 4 for p in fm.parameters())
+        assert 0 < r.memory["quantized"]["weight_bytes"] < r.memory["float"]["weight_bytes"]
+        assert r.memory["quantized"]["peak_rss_bytes"] > 0
+    assert {s.quant_type for s in r.layers} >= {"ao.Linear"}
+    int8kit_bytes = sum(m.weight_bytes() for m in qm.modules() if hasattr(m, "weight_bytes"))
+    r = compare(fm, qm, x, **FAST)
+    assert r.memory["quantized"]["weight_bytes"] == int8kit_bytes
+    # never modified: training flags restored, no hooks left, same weights
+    assert fm.training and all(m.training for m in fm.modules())
+    assert all(not m._forward_hooks for m in list(fm.modules()) + list(qm.modules()))
+    assert all(torch.equal(before[k], v) for k, v in fm.state_dict().items())
+
+
+def test_latency_section_and_text():
+    fm = _mlp()
+    r = compare(fm, int8kit.quantize_dynamic(fm), torch.randn(5, 8), batch_sizes=(1, 8),
+                latency_repeats=7, measure_memory=False)
+    assert [s.batch_size for s in r.latency] == [1, 8]  # 8 > 5 samples: data is cycled
+    for s in r.latency:
+        assert len(s.float_ms) == len(s.quant_ms) == 7
+        f = s.float_summary
+        assert f["p50_ms"] <= f["p90_ms"] <= f["p99_ms"]
+        assert f["throughput_per_s"] == pytest.approx(s.batch_size / (f["p50_ms"] / 1e3))
+    text = str(r)
+    assert "Per layer" in text and "Latency" in text and "Weights" in text
+
+
+def test_json_has_every_section_and_plots_are_pngs(tmp_path):
+    fm, qm, x, y = _table_models()
+    mlp = _mlp()
+    r = compare(mlp, int8kit.quantize_dynamic(mlp), (torch.randn(30, 8), y[:30]),
+                batch_sizes=(1, 2), latency_repeats=5)
+    path = r.to_json(tmp_path / "r.json")
+    with open(path) as f:
+        d = json.load(f, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert set(SECTIONS) <= set(d)
+    assert d["memory"]["method"] and d["latency"][0]["quantized"]["p99_ms"] > 0
+    paths = r.plot(tmp_path / "plots")
+    assert len(paths) == 2
+    for p in paths:
+        data = open(p, "rb").read()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    (dict(data=torch.empty(0, 8)), ValueError, "data"),
+    (dict(data=[]), ValueError, "data"),
+    (dict(data=torch.randn(4, 8), labels=torch.zeros(3, dtype=torch.long)), ValueError, "labels"),
+    (dict(data=torch.randn(4, 8), metric="f1"), ValueError, "metric"),
+    (dict(data=torch.randn(4, 8), batch_sizes=(0,)), ValueError, "batch_sizes"),
+    (dict(data=torch.randn(4, 8), latency_repeats=0), ValueError, "latency_repeats"),
+    (dict(data=torch.randn(4, 8), slices={"s": torch.ones(3, dtype=torch.bool)}),
+     ValueError, "slices['s']"),
+    (dict(data=torch.randn(4, 8), layers=["nope"]), ValueError, "layers"),
+    (dict(data="text"), TypeError, "data"),
+])
+def test_bad_input_raises_clear_errors(kwargs, exc, word):
+    fm = _mlp()
+    with pytest.raises(exc, match=word.replace("[", r"\[").replace("]", r"\]")):
+        compare(fm, copy.deepcopy(fm), **FAST | kwargs)
+
+
+def test_model_errors_name_the_model_and_flags_are_restored():
+    fm = _mlp().train()
+    bad = nn.Sequential(nn.Linear(3, 4))  # wrong in_features
+    with pytest.raises(RuntimeError, match="quantized_model failed"):
+        compare(fm, bad, torch.randn(4, 8), **FAST)
+    assert fm.training and bad.training
+    assert all(not m._forward_hooks for m in fm.modules())
+    with pytest.raises(TypeError, match="float_model"):
+        compare(lambda x: x, fm, torch.randn(4, 8), **FAST)

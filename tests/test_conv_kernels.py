@@ -1,0 +1,195 @@
+"""int8 conv2d kernels: numpy int64 reference -> scalar oracle -> every kernel path, bit for bit.
+
+The numpy reference pads the uint8 input with the activation zero point (zero in real
+terms) and sums exact int64 products; the C++ oracle (direct loops) must agree exactly,
+and each kernel path (GEMM via im2col or in place, depthwise direct) must reproduce the
+oracle's int32, float32 and uint8 outputs byte for byte, at 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from int8kit import conv_ops as co
+
+# (N, H, W, C, OC, k, stride, padding, dilation, groups): odd sizes, every option.
+SHAPES = [
+    (1, 5, 6, 3, 7, 3, 1, 1, 1, 1),       # RGB-like stem, K = 27
+    (2, 9, 7, 8, 16, 3, 2, 1, 1, 2),      # grouped, strided, batch 2
+    (1, 7, 7, 16, 17, (3, 1), (1, 2), (1, 0), (2, 1), 1),  # rectangular everything
+    (1, 6, 6, 20, 40, 1, 1, 0, 1, 1),     # 1x1 stride 1: GEMM in place
+    (2, 6, 5, 20, 40, 1, 1, 0, 1, 4),     # 1x1 grouped in place (A offset per group)
+    (1, 7, 7, 24, 8, 1, 2, 0, 1, 1),      # 1x1 stride 2: gathered
+    (1, 4, 4, 5, 3, 3, 1, 3, 1, 1),       # padding larger than the kernel reach
+    (1, 8, 8, 64, 64, 3, 1, 1, 1, 64),    # depthwise, one full block
+    (2, 7, 9, 70, 70, 3, 2, 2, 2, 70),    # depthwise, channel tail, stride, dilation
+    (1, 10, 10, 33, 33, 5, 1, 2, 1, 33),  # depthwise 5x5
+    (1, 12, 13, 130, 130, 3, 1, 1, 1, 130),  # depthwise, 3 blocks, fast 4-pixel runs
+    (1, 6, 6, 8, 16, 3, 1, 1, 1, 8),      # depthwise multiplier 2: grouped GEMM path
+    (1, 3, 3, 2, 5, 3, 1, 0, 1, 1),       # 1x1 output
+]
+
+
+def pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def ref_conv_s32(x, zp, w, stride, padding, dilation, groups):
+    """Exact int64 conv of NHWC uint8 x (padded with zp) by w [OC, IC/G, KH, KW]."""
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    n, h, wd, c = x.shape
+    oc, icg, kh, kw = w.shape
+    xp = np.full((n, h + 2 * ph, wd + 2 * pw, c), zp, np.int64)
+    xp[:, ph:ph + h, pw:pw + wd] = x
+    xp -= zp
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, oh, ow, oc), np.int64)
+    ocg = oc // groups
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            for g in range(groups):
+                out[..., g * ocg:(g + 1) * ocg] += (
+                    patch[..., g * icg:(g + 1) * icg] @ w[g * ocg:(g + 1) * ocg, :, i, j].astype(np.int64).T)
+    return out
+
+
+def make(rng, shape, extreme=False):
+    n, h, wd, c, oc, k, s, p, d, g = shape
+    kh, kw = pair(k)
+    x = rng.integers(0, 256, (n, h, wd, c), dtype=np.uint8)
+    w = rng.integers(-128, 128, (oc, c // g, kh, kw), dtype=np.int8)
+    if extreme:  # the largest magnitudes: 255 * -128 in every term
+        x[...] = 255
+        w[...] = -128
+    return x, w
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_oracle_matches_numpy_int64(rng, shape):
+    x, w = make(rng, shape)
+    _, _, _, _, _, k, s, p, d, g = shape
+    for zp in (0, 77, 255):
+        expect = ref_conv_s32(x, zp, w, s, p, d, g)
+        got = co.conv2d_reference(x, zp, w, s, p, d, g)
+        np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_paths_bit_identical_to_oracle(rng, ref, path, shape):
+    x, w = make(rng, shape)
+    _, _, _, _, oc, k, s, p, d, g = shape
+    zp = int(rng.integers(1, 255))
+    packed = co.pack_conv_weight(w, s, p, d, g)
+    ws = (rng.random(oc, dtype=np.float32) * 0.01 + 1e-4).astype(np.float32)
+    bias = rng.standard_normal(oc).astype(np.float32)
+    kw = dict(x_scale=0.02, w_scale=ws, bias=bias)
+    want_s32 = co.conv2d_reference(x, zp, w, s, p, d, g)
+    want_f32 = co.conv2d_reference(x, zp, w, s, p, d, g, out_dtype=np.float32, relu=True, **kw)
+    want_u8 = co.conv2d_reference(x, zp, w, s, p, d, g, out_dtype=np.uint8, out_scale=0.7,
+                                  out_zero_point=9, **kw)
+    for threads in (1, 2):
+        ref.assert_bit_identical(co.conv2d_s32(x, zp, packed, threads=threads, isa=path),
+                                 want_s32, f"s32 {path} t{threads}")
+        ref.assert_bit_identical(
+            co.conv2d_f32(x, zp, 0.02, packed, ws, bias, relu=True, threads=threads, isa=path),
+            want_f32, f"f32 {path} t{threads}")
+        ref.assert_bit_identical(
+            co.conv2d_u8(x, zp, 0.02, packed, ws, 0.7, 9, bias, threads=threads, isa=path),
+            want_u8, f"u8 {path} t{threads}")
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[8], SHAPES[3]], ids=str)
+def test_extreme_values_exact(ref, path, shape):
+    x, w = make(np.random.default_rng(0), shape, extreme=True)
+    _, _, _, _, _, k, s, p, d, g = shape
+    packed = co.pack_conv_weight(w, s, p, d, g)
+    np.testing.assert_array_equal(co.conv2d_s32(x, 0, packed, isa=path),
+                                  ref_conv_s32(x, 0, w, s, p, d, g))
+
+
+def test_padding_reads_the_zero_point(rng, path):
+    """With zp != 0, padding by zp (real zero) and by 0 give different results; ours is zp."""
+    for groups, c in ((1, 6), (6, 6)):  # GEMM path and depthwise path
+        x = rng.integers(100, 200, (1, 5, 5, c), dtype=np.uint8)
+        w = rng.integers(1, 100, (c, c // groups, 3, 3), dtype=np.int8)  # all positive
+        got = co.conv2d_s32(x, 150, co.pack_conv_weight(w, 1, 1, 1, groups), isa=path)
+        np.testing.assert_array_equal(got, ref_conv_s32(x, 150, w, 1, 1, 1, groups))
+        # Padding with 0 instead would add (0 - 150) * w on border taps: clearly different.
+        x_pad0 = np.zeros((1, 7, 7, c), np.uint8)
+        x_pad0[:, 1:6, 1:6] = x
+        wrong = co.conv2d_s32(x_pad0, 150, co.pack_conv_weight(w, 1, 0, 1, groups), isa=path)
+        assert (wrong[:, 0] != got[:, 0]).all()
+        np.testing.assert_array_equal(wrong[:, 1:-1, 1:-1], got[:, 1:-1, 1:-1])
+
+
+def test_batch_of_zero_and_torch_inputs():
+    w = torch.randint(-128, 128, (4, 3, 3, 3), dtype=torch.int8)
+    packed = co.pack_conv_weight(w, 1, 1)
+    y = co.conv2d_s32(torch.zeros(0, 5, 5, 3, dtype=torch.uint8), 0, packed)
+    assert isinstance(y, torch.Tensor) and y.shape == (0, 5, 5, 4)
+
+
+def test_packed_info_and_layouts():
+    dw = co.pack_conv_weight(np.ones((8, 1, 3, 3), np.int8), 2, 1, 1, 8)
+    assert dw.layout == "depthwise" and dw.stride == (2, 2) and dw.groups == 8
+    gm = co.pack_conv_weight(np.ones((8, 2, 3, 1), np.int8), 1, (1, 0), 1, 2)
+    assert gm.layout == "gemm" and gm.kernel_size == (3, 1) and gm.in_channels == 4
+    assert gm.output_size(5, 5) == (5, 5)
+
+
+def test_corrupt_or_foreign_buffers_raise():
+    packed = co.pack_conv_weight(np.ones((8, 4, 3, 3), np.int8), 1, 1)
+    x = np.zeros((1, 5, 5, 4), np.uint8)
+    bad = packed.buffer.clone()
+    bad[0] ^= 0xFF
+    with pytest.raises(ValueError, match="magic"):
+        co.conv2d_s32(x, 0, bad)
+    with pytest.raises(ValueError, match="inconsistent"):
+        co.conv2d_s32(x, 0, packed.buffer[:-1].clone())
+    bad = packed.buffer.clone()
+    bad[16] = 5  # in_channels no longer matches the sizes
+    with pytest.raises(ValueError):
+        co.conv2d_s32(x, 0, bad)
+    from int8kit import ops
+    with pytest.raises(ValueError, match="not an int8kit packed conv weight"):
+        co.conv2d_s32(x, 0, ops.pack_weight(np.ones((8, 36), np.int8)).buffer)
+
+
+def test_bad_arguments_raise_naming_them():
+    w = np.ones((8, 4, 3, 3), np.int8)
+    packed = co.pack_conv_weight(w, 1, 1)
+    x = np.zeros((1, 5, 5, 4), np.uint8)
+    with pytest.raises(ValueError, match="4 channels"):
+        co.conv2d_s32(np.zeros((1, 5, 5, 3), np.uint8), 0, packed)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        co.conv2d_s32(np.zeros((5, 5, 4), np.uint8), 0, packed)
+    with pytest.raises(TypeError, match="x must have dtype uint8"):
+        co.conv2d_s32(x.astype(np.float32), 0, packed)
+    with pytest.raises(ValueError, match="contiguous"):
+        co.conv2d_s32(np.zeros((1, 5, 5, 8), np.uint8)[..., ::2], 0, packed)
+    with pytest.raises(ValueError, match="x_zero_point"):
+        co.conv2d_s32(x, 256, packed)
+    with pytest.raises(ValueError, match="x_scale"):
+        co.conv2d_f32(x, 0, 0.0, packed, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="w_scale"):
+        co.conv2d_f32(x, 0, 1.0, packed, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        co.conv2d_f32(x, 0, 1.0, packed, np.ones(8, np.float32), np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="smaller than"):
+        co.conv2d_s32(np.zeros((1, 1, 1, 4), np.uint8), 0, co.pack_conv_weight(w))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        co.pack_conv_weight(np.ones((6, 4, 3, 3), np.int8), groups=4)
+    with pytest.raises(ValueError, match="stride"):
+        co.pack_conv_weight(w, stride=0)
+    with pytest.raises(ValueError, match="padding"):
+        co.pack_conv_weight(w, padding=-1)
+    with pytest.raises(ValueError, match="dilation"):
+        co.pack_conv_weight(w, dilation=(1, 0))
+    with pytest.raises(ValueError, match="exceeds"):  # K = 3*3*8000 > the int32 bound
+        co.pack_conv_weight(np.ones((1, 8000, 3, 3), np.int8))
+    with pytest.raises(ValueError, match="isa"):
+        co.conv2d_s32(x, 0, packed, isa="sse9")  # unknown path

@@ -1,0 +1,243 @@
+"""Static PTQ: prepare / calibrate / convert on nested models, static vs dynamic agreement,
+uint8 hand-off == float hand-off, the report, and that the user's model is never modified."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import int8kit
+from int8kit.fusion import ConvReLU2d
+from int8kit.nn import QuantLinear, StaticQuantConv2d, StaticQuantLinear
+from int8kit.nn.conv import QuantConv2d
+from int8kit.nn.static import STATIC_MODULES
+from int8kit.observers import MinMaxObserver
+from int8kit.qconfig import QConfig, QuantConfig
+from int8kit.static import QuantSequential, calibrate, convert, prepare, quantize_static
+
+MINMAX = QuantConfig(QConfig(activation=MinMaxObserver.with_args()))
+
+
+class Net(nn.Module):
+    """Nested: a Sequential conv stack inside a custom module, a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(),
+                                  nn.Dropout(0.2), nn.Linear(32, 5))
+        self.aux = nn.Linear(5, 2)
+
+    def forward(self, x):
+        y = self.head(self.features(x))
+        return y, self.aux(y)
+
+
+def _net():
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.features[1].running_mean.normal_(0, 0.3)
+        net.features[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _types(m):
+    return [(n, type(c)) for n, c in m.named_modules()]
+
+
+def test_prepare_calibrate_convert_nested_model():
+    net = _net()
+    before, types_before = copy.deepcopy(net), _types(net)
+    x = torch.randn(64, 3, 16, 16)
+    prepared = prepare(net)
+    calibrate(prepared, [x[:32], x[32:]], progress=False)
+    q = convert(prepared)
+    assert _same_state(net, before) and _types(net) == types_before  # user's model untouched
+    assert type(q.features) is QuantSequential and type(q.head) is QuantSequential
+    assert type(q.features[0]) is StaticQuantConv2d and q.features[0].relu
+    assert type(q.features[4]) is StaticQuantConv2d and q.features[4].relu
+    assert type(q.head[1]) is StaticQuantLinear and q.head[1].relu
+    assert type(q.head[4]) is StaticQuantLinear and not q.head[4].relu
+    assert type(q.aux) is StaticQuantLinear
+    with torch.no_grad():
+        (y, a), (yq, aq) = net(x), q(x)
+    assert y.shape == yq.shape and a.shape == aq.shape
+    # A few quantization steps of error at most, far below the signal.
+    assert (yq - y).abs().max() < 0.05 * y.abs().max() + 1e-3
+    assert (aq - a).abs().max() < 0.05 * a.abs().max() + 1e-3
+
+
+def _bound_linear(x, w_deq, a_scale, w_scale, w):
+    """|y_q - y| bound per output: rounding x costs a_scale/2 per term times |w_hat|, rounding
+    w costs w_scale/2 per term times |x|; a_scale may be per row."""
+    a_scale = torch.as_tensor(a_scale).reshape(-1, 1)
+    return 0.5 * a_scale * w_deq.abs().sum(1) + 0.5 * x.abs() @ (w_scale.reshape(-1, 1) *
+                                                                 torch.ones_like(w)).T
+
+
+def test_static_matches_dynamic_within_quantization_bound():
+    torch.manual_seed(1)
+    lin = nn.Linear(40, 12)
+    calib = torch.randn(256, 40)
+    x = torch.randn(32, 40) * 0.9  # inside the calibrated range: no clipping
+    qs = quantize_static(lin, calib, MINMAX)
+    qd = int8kit.quantize_dynamic(nn.Sequential(lin))[0]
+    assert isinstance(qd, QuantLinear) and type(qs) is StaticQuantLinear
+    with torch.no_grad():
+        y, ys, yd = lin(x), qs(x), qd(x)
+    torch.testing.assert_close(qs.qweight, qd.qweight, rtol=0, atol=0)  # same weights
+    w_deq = qs.dequantize_weight()
+    s_static = float(qs.input_scale)
+    s_dyn = (torch.maximum(x.amax(1), torch.zeros(1)) - torch.minimum(x.amin(1), torch.zeros(1))) / 255
+    bound_s = _bound_linear(x, w_deq, s_static, qs.weight_scale, lin.weight)
+    bound_d = _bound_linear(x, w_deq, s_dyn, qs.weight_scale, lin.weight)
+    assert ((ys - y).abs() <= bound_s + 1e-5).all()
+    assert ((yd - y).abs() <= bound_d + 1e-5).all()
+    assert ((ys - yd).abs() <= bound_s + bound_d + 1e-5).all()
+
+
+def test_static_equals_dynamic_when_calibrated_on_the_same_batch():
+    # MinMax static parameters from batch x are the dynamic per-tensor parameters of x.
+    torch.manual_seed(2)
+    lin, conv = nn.Linear(24, 7), nn.Conv2d(3, 5, 3, padding=1)
+    x, xc = torch.randn(16, 24), torch.randn(4, 3, 9, 9)
+    ys, yd = quantize_static(lin, x, MINMAX)(x), QuantLinear.from_float(lin, activation="per_tensor")(x)
+    torch.testing.assert_close(ys, yd, rtol=0, atol=1e-6)
+    ys, yd = quantize_static(conv, xc, MINMAX)(xc), QuantConv2d.from_float(conv)(xc)
+    torch.testing.assert_close(ys, yd, rtol=0, atol=1e-6)
+
+
+def test_uint8_handoff_equals_float_handoff():
+    net = _net()
+    x = torch.randn(32, 3, 16, 16)
+    prepared = prepare(net)
+    calibrate(prepared, x, progress=False)
+    chained, plain = convert(prepared), convert(prepared, handoff=False)
+    assert type(chained.features) is QuantSequential and type(plain.features) is nn.Sequential
+    xt = torch.randn(8, 3, 16, 16) * 1.5  # beyond the calibrated range too: clipping
+    with torch.no_grad():
+        (y1, a1), (y2, a2) = chained(xt), plain(xt)
+    assert torch.equal(y1, y2) and torch.equal(a1, a2)
+    notes = " ".join(chained.int8kit_report.notes)
+    assert "0 -> 4" in notes and "1 -> 4" in notes
+
+
+def test_handoff_through_separate_relu_and_maxpool_with_padding():
+    # ReLU kept as its own module (no fusion) and an asymmetric input range (zp > 0).
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.MaxPool2d(3, 2, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.Linear(6, 3))
+    calib = torch.randn(16, 2, 8, 8)
+    prepared = prepare(model, MINMAX, fuse=False)
+    calibrate(prepared, calib, progress=False)
+    chained, plain = convert(prepared), convert(prepared, handoff=False)
+    assert type(chained) is QuantSequential
+    assert int(chained[3].input_zero_point) == 0 and int(chained[5].input_zero_point) > 0
+    x = torch.randn(5, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(chained(x), plain(x))
+
+
+def test_report_lists_converted_skipped_and_ranges():
+    net = _net()
+    cfg = QuantConfig().set_module_name("aux", None)
+    prepared = prepare(net, cfg)
+    with torch.no_grad():  # only the features see data: the head layers never run
+        prepared.features(torch.randn(8, 3, 16, 16))
+    q = convert(prepared)
+    rows = {r.name: r for r in q.int8kit_report.layers}
+    assert rows["features.0"].converted and rows["features.4"].converted
+    lo, hi = rows["features.4"].input_range
+    assert lo == 0.0 and hi > 0.0  # after ReLU + max-pool: non-negative
+    assert rows["features.0"].input_range[0] < 0
+    assert not rows["aux"].converted and "qconfig is None" in rows["aux"].detail
+    assert not rows["head.1"].converted and "never ran" in rows["head.1"].detail
+    assert type(q.aux) is nn.Linear and type(q.head[4]) is nn.Linear
+    assert not hasattr(q.head[4], "int8kit_input_observer") and not q.head[4]._forward_pre_hooks
+    text = str(q.int8kit_report)
+    assert "features.0" in text and "skipped" in text
+    with pytest.raises(int8kit.nn.NotConvertibleError, match="head.1"):
+        convert(prepared, strict=True)
+
+
+def test_nan_in_calibration_names_the_layer_and_prepared_survives():
+    net = _net()
+    prepared = prepare(net)
+    x = torch.randn(4, 3, 16, 16)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="features.0.*NaN or Inf"):
+        calibrate(prepared, x, progress=False)
+
+
+def test_failed_convert_leaves_prepared_untouched():
+    net = _net()
+    prepared = prepare(net)
+    types_before = _types(prepared)
+    with pytest.raises(int8kit.nn.NotConvertibleError):
+        convert(prepared, strict=True)  # nothing calibrated
+    assert _types(prepared) == types_before
+    assert all(hasattr(prepared.get_submodule(n), "int8kit_input_observer")
+               for n in ("features.0", "features.4", "head.1", "head.4", "aux"))
+
+
+def test_state_dict_round_trip_keeps_calibration():
+    net = _net()
+    x = torch.randn(16, 3, 16, 16)
+    q = quantize_static(net, x)
+    sd = q.state_dict()
+    assert "features.0.input_scale" in sd and "head.4.input_zero_point" in sd
+    fresh = quantize_static(_net(), torch.randn(16, 3, 16, 16) * 3)  # other ranges
+    fresh.load_state_dict(sd)
+    with torch.no_grad():
+        assert torch.equal(fresh(x)[0], q(x)[0])
+
+
+def test_calibrate_accepts_loaders_and_checks_input():
+    lin = nn.Sequential(nn.Linear(4, 4))
+    prepared = prepare(lin)
+    ds = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.zeros(40))
+    loader = torch.utils.data.DataLoader(ds, batch_size=8)
+    calibrate(prepared, loader, progress=True, max_batches=3)
+    assert prepared[0].int8kit_input_observer.batches == 3
+    with pytest.raises(ValueError, match="empty"):
+        calibrate(prepared, [], progress=False)
+    with pytest.raises(TypeError, match="int8kit.prepare"):
+        calibrate(lin, loader)
+    with pytest.raises(TypeError, match="int8kit.prepare"):
+        convert(lin)
+    with pytest.raises(TypeError, match="config"):
+        prepare(lin, {"activation": "minmax"})
+    with pytest.raises(ValueError, match="no module named"):
+        prepare(lin, QuantConfig().set_module_name("fc", None))
+
+
+def test_static_module_input_errors():
+    q = quantize_static(nn.Linear(4, 3), torch.randn(8, 4))
+    with pytest.raises(ValueError, match="in_features"):
+        q(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        q(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
+    with pytest.raises(TypeError, match="float32"):
+        q(torch.ones(2, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="zero_point"):
+        q.set_input_qparams(0.1, 300)
+    assert q(torch.randn(2, 3, 4)).shape == (2, 3, 3)  # leading dims kept
+
+
+def test_per_tensor_weights_and_type_config():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    cfg = QuantConfig().set_module_type(
+        nn.Conv2d, QConfig(weight=MinMaxObserver.with_args(symmetric=True, signed=True)))
+    q = quantize_static(model, torch.randn(8, 1, 6, 6), cfg)
+    assert q[0].weight_scale.numel() == 1 and q[3].weight_scale.numel() == 3
+    assert isinstance(q[0], STATIC_MODULES)
