@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import int8kit
 from int8kit.nn._base import NotConvertibleError
 from int8kit.nn.conv import QuantConv2d
 
@@ -174,15 +175,13 @@ def test_bad_inputs_raise():
     assert QuantConv2d.from_float(nn.Conv2d(4, 8, 3, padding="same")).padding == (1, 1)
 
 
-def test_quantize_dynamic_converts_conv_when_registered(monkeypatch):
-    import importlib
-    convert = importlib.import_module("int8kit.convert")  # the module, not int8kit.convert()
-    monkeypatch.setitem(convert.DYNAMIC_MODULES, nn.Conv2d, QuantConv2d)
+def test_quantize_dynamic_converts_conv_when_asked():
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
                           nn.Flatten(), nn.Linear(8 * 25, 4))
-    qm = convert.quantize_dynamic(model, {nn.Conv2d, nn.Linear})
+    assert isinstance(int8kit.quantize_dynamic(model)[0], nn.Conv2d)  # Linear only by default
+    qm = int8kit.quantize_dynamic(model, {nn.Conv2d, nn.Linear})
     assert isinstance(qm[0], QuantConv2d) and isinstance(qm[2], nn.Conv2d)
     report = qm.int8kit_report
     skipped = {r.name: r.detail for r in report.layers if not r.converted}

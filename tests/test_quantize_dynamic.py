@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import int8kit
-from int8kit.convert import DYNAMIC_MODULES  # (int8kit.convert is static PTQ's function)
+from int8kit.dynamic import DYNAMIC_MODULES
 from int8kit.nn import NotConvertibleError, QuantLinear
 
 
@@ -121,8 +121,8 @@ def test_select_by_name_and_per_layer_options():
 
 def test_bad_specs_are_clear_errors():
     model = _net()
-    with pytest.raises(ValueError, match="no dynamic quantized module for Conv2d"):
-        int8kit.quantize_dynamic(model, {nn.Linear, nn.Conv2d})
+    with pytest.raises(ValueError, match="no dynamic quantized module for Conv1d"):
+        int8kit.quantize_dynamic(model, {nn.Linear, nn.Conv1d})
     with pytest.raises(ValueError, match="no module named 'nope'"):
         int8kit.quantize_dynamic(model, {"nope"})
     with pytest.raises(TypeError, match="qconfig_spec"):

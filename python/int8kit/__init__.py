@@ -5,7 +5,7 @@ from .ops import cpu_info
 from . import _custom_ops  # registers torch.ops.int8kit.* (needed by torch.load of models)
 from . import nn
 from .qparams import QParams, choose_qparams, dequantize, quantize
-from .convert import ConversionReport, quantize_dynamic, register_dynamic_module
+from .dynamic import ConversionReport, quantize_dynamic, register_dynamic_module
 from . import observers
 from .qconfig import QConfig, QuantConfig
 from .fusion import fuse_modules

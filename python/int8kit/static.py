@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convert import ConversionReport, LayerReport, _module_bytes
+from .dynamic import ConversionReport, LayerReport, _module_bytes
 from .fusion import ConvReLU2d, LinearReLU, fuse_modules
 from .nn._base import NotConvertibleError
 from .nn.static import STATIC_MODULES, StaticQuantConv2d, StaticQuantLinear

@@ -31,7 +31,7 @@ def _with_threads(t: int, fn):
 def _int8kit_quantize(model: nn.Module, calib: torch.Tensor) -> tuple[nn.Module, str]:
     """int8kit's best available conversion: static PTQ if present, else dynamic."""
     import int8kit
-    from int8kit.convert import DYNAMIC_MODULES  # (int8kit.convert is also a function name)
+    from int8kit.dynamic import DYNAMIC_MODULES
     if hasattr(int8kit, "quantize_static"):
         return int8kit.quantize_static(model, calib), "int8kit.quantize_static"
     types = {nn.Linear} | ({nn.Conv2d} if nn.Conv2d in DYNAMIC_MODULES else set())

@@ -5,7 +5,7 @@ first every replacement is built (and every skip recorded) without touching the 
 then all swaps are committed at once. With inplace=False (the default) the work is done
 on a deep copy and the caller's model is never modified at all.
 
-Adding a module type (nn.Conv2d, later) means registering its quantized class here:
+Adding a module type means registering its quantized class here:
 the class needs `from_float(module, **options)` raising NotConvertibleError for modules it
 cannot represent (those are reported and skipped), `scheme()` and `weight_bytes()`.
 """
@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .nn import NotConvertibleError, QuantLinear
+from .nn import NotConvertibleError, QuantConv2d, QuantLinear
 
 # Float module type (matched exactly, not by isinstance) -> quantized module class.
-DYNAMIC_MODULES: dict[type, type] = {nn.Linear: QuantLinear}
+# quantize_dynamic converts nn.Linear by default; nn.Conv2d when the caller asks for it.
+DYNAMIC_MODULES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
