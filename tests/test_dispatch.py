@@ -213,6 +213,12 @@ def test_bogus_env_error_names_the_variable(children):
     assert "INT8KIT_ISA" in out["s32_error"][1]
 
 
+def test_cpu_info_reports_a_bogus_env_instead_of_raising(children):
+    info = _parsed(children["bogus"])["info"]  # `int8kit info` must be able to say why
+    assert info["active_path"] is None
+    assert "INT8KIT_ISA" in info["active_path_reason"] and "bogus" in info["active_path_reason"]
+
+
 @pytest.mark.parametrize("forced", UNSUPPORTED_PATHS or ["none"])
 def test_env_asking_for_an_unsupported_path_raises(children, forced):
     if forced == "none":

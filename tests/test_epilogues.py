@@ -301,11 +301,18 @@ def test_scale_overflowing_float32_is_rejected(setup):
         ops.gemm_f32(a, 0, np.array([1e39]), p, 1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gemm_u8 converts out_zero_point with int(), so "
-                                       "3.5 and 7.9 are silently truncated to 3 and 7 "
-                                       "(a_zero_point rejects fractional values)")
 @pytest.mark.parametrize("out_zp", [3.5, np.float32(7.9)])
 def test_fractional_out_zero_point_is_rejected(setup, out_zp):
     a, p, m, n = setup
     with pytest.raises((TypeError, ValueError), match="out_zero_point"):
         ops.gemm_u8(a, 0, 0.5, p, 1.0, 1.0, out_zp)
+
+
+def test_tiny_out_scale_and_nan_bias_are_rejected_with_clear_messages(setup):
+    a, p, m, n = setup
+    with pytest.raises(ValueError, match="too small"):
+        ops.gemm_u8(a, 0, 0.5, p, 1.0, 1e-42, 0)
+    bias = np.zeros(n, np.float32)
+    bias[-1] = np.nan
+    with pytest.raises(ValueError, match="bias must be finite"):
+        ops.gemm_f32(a, 0, 0.5, p, 1.0, bias)

@@ -156,6 +156,8 @@ def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=No
             raise ValueError("w_scale must be > 0")
     if bias is not None:
         bias = as_numpy(bias, "bias", np.float32, 1)
+        if not np.all(np.isfinite(bias)):
+            raise ValueError("bias must be finite (it contains NaN or Inf)")
     _C.gemm(arr, zp, buf, out, a_scale, w_scale, bias, bool(relu), float(out_inv_scale),
             int(out_zero_point), _threads(threads), _isa(isa))
     return torch.from_numpy(out) if is_torch else out
@@ -182,10 +184,15 @@ def gemm_u8(a, a_zero_point, a_scale, packed, w_scale, out_scale, out_zero_point
     out_scale = float(out_scale)
     if not (np.isfinite(out_scale) and out_scale > 0):
         raise ValueError(f"out_scale must be finite and > 0, got {out_scale}")
-    if not 0 <= int(out_zero_point) <= 255:
+    with np.errstate(over="ignore", divide="ignore"):
+        inv = np.float32(1.0) / np.float32(out_scale)
+    if not np.isfinite(inv):
+        raise ValueError(f"out_scale={out_scale} is too small: 1/out_scale overflows float32")
+    zp = per_index(out_zero_point, "out_zero_point", 1, np.int32)[0]
+    if not 0 <= zp <= 255:
         raise ValueError(f"out_zero_point must be in [0, 255], got {out_zero_point}")
-    return _run(a, a_zero_point, packed, np.uint8, a_scale, w_scale, bias, relu,
-                np.float32(1.0) / np.float32(out_scale), out_zero_point, threads, isa)
+    return _run(a, a_zero_point, packed, np.uint8, a_scale, w_scale, bias, relu, inv, zp,
+                threads, isa)
 
 
 def quantize_dynamic_u8(x, *, per_row: bool = True, threads=None):
@@ -220,7 +227,11 @@ def vnni_peak_ops_per_second(threads: int = 1, iters: int = 2_000_000) -> float:
 def cpu_info() -> dict:
     """CPU features, the kernel paths this CPU can run, and the one in use (and why)."""
     info = dict(_C.cpu_info())
-    info["active_path"] = _C.active_isa()
-    info["active_path_reason"] = _C.active_isa_reason()
+    try:
+        info["active_path"] = _C.active_isa()
+        info["active_path_reason"] = _C.active_isa_reason()
+    except (ValueError, RuntimeError) as e:  # e.g. a bad INT8KIT_ISA: say why, don't raise
+        info["active_path"] = None
+        info["active_path_reason"] = f"error: {e}"
     info["threads"] = torch.get_num_threads()
     return info
