@@ -1,9 +1,13 @@
 """Shared helpers for int8kit's microbenchmarks.
 
 - ``time_interleaved``: times a dict of zero-argument callables in the same process,
-  round-robin (the order rotates every round, so each contender follows every other one
-  equally often), after a warm-up, and returns medians and quartiles per contender. The
-  number of rounds is chosen from the warm-up unless given.
+  round-robin after a warm-up, and returns medians and quartiles per contender. The order
+  within a round follows a Williams design (a balanced Latin square), so over each block of
+  rounds every contender directly follows every other one equally often: whatever one
+  contender leaves behind (spinning threads, a cold cache, an idle core that must wake up)
+  is spread evenly instead of always landing on the same victim. Each contender's median
+  per predecessor is kept too (``Timing.after``), which shows such interference. The number
+  of rounds is chosen from the warm-up unless given.
 - ``measure_vnni_peak``: the machine's int8 VNNI peak for a thread count (max of a few runs).
 - ``format_table``, ``write_json``, ``machine_info``, ``parse_int_list``, ``parse_shapes``.
 
@@ -37,6 +41,8 @@ class Timing:
     min_s: float
     rounds: int
     warmup_calls: int
+    # median per predecessor (the contender called just before), with its sample count
+    after: dict | None = None
 
     @property
     def spread(self) -> float:
@@ -58,6 +64,24 @@ def _quantile(sorted_vals: Sequence[float], q: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
+def williams_orders(n: int) -> list[list[int]]:
+    """Orders of ``range(n)`` in which every ordered pair (a, b), a != b, occurs as
+    neighbours equally often: n orders for even n, 2n for odd n (Williams, 1949)."""
+    if n <= 1:
+        return [list(range(n))]
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + i) % n for x in first] for i in range(n)]
+    if n % 2:
+        rows += [list(reversed(r)) for r in rows]
+    return rows
+
+
 def time_interleaved(
     contenders: Mapping[str, Callable[[], object]],
     *,
@@ -75,11 +99,13 @@ def time_interleaved(
     ``warmup_s`` seconds went by. The warm-up calls (the first excepted) give a per-call
     estimate; unless ``rounds`` is given, the number of timed rounds is chosen so that the
     whole measurement takes about ``target_s`` seconds per contender
-    (``target_s * len(contenders)`` in all), clamped to [min_rounds, max_rounds].
+    (``target_s * len(contenders)`` in all), clamped to [min_rounds, max_rounds] and
+    rounded up to whole blocks of the balanced order design.
 
-    Each timed round calls every contender once, one after another, the start of the order
-    rotating by one every round. A call's return value is released after the clock stops.
-    The garbage collector is off while timing.
+    Each timed round calls every contender once, one after another, in the order given by
+    ``williams_orders`` (round r uses order r mod the number of orders) when ``rotate``,
+    else always in the dict's order. A call's return value is released after the clock
+    stops. The garbage collector is off while timing.
     """
     names = list(contenders)
     if not names:
@@ -104,24 +130,29 @@ def time_interleaved(
                     and time.perf_counter() - t_start >= warmup_s):
                 break
         est = [statistics.median(w[1:] if len(w) > 1 else w) for w in warm]
+        n = len(names)
+        orders = williams_orders(n) if rotate else [list(range(n))]
         if rounds is None:
             per_round = max(sum(est), 1e-9)
-            rounds = math.ceil(target_s * len(names) / per_round)
+            rounds = math.ceil(target_s * n / per_round)
             rounds = max(min_rounds, min(max_rounds, rounds))
+            # whole blocks of the balanced design, so every predecessor occurs equally often
+            rounds = math.ceil(rounds / len(orders)) * len(orders)
         rounds = max(1, int(rounds))
 
         samples: list[list[float]] = [[0.0] * rounds for _ in names]
-        n = len(names)
+        preds: list[list[int]] = [[0] * rounds for _ in names]
+        prev = n - 1  # the warm-up's last call
         for r in range(rounds):
-            shift = r % n if rotate else 0
-            for j in range(n):
-                i = (j + shift) % n
+            for i in orders[r % len(orders)]:
                 fn = fns[i]
                 t0 = clock()
                 res = fn()
                 t1 = clock()
                 del res
                 samples[i][r] = (t1 - t0) * 1e-9
+                preds[i][r] = prev
+                prev = i
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -129,7 +160,13 @@ def time_interleaved(
     out: dict[str, Timing] = {}
     for i, name in enumerate(names):
         s = sorted(samples[i])
+        after = {}
+        for p, pname in enumerate(names):
+            xs = [x for x, q in zip(samples[i], preds[i]) if q == p]
+            if xs:
+                after[pname] = {"median_s": statistics.median(xs), "n": len(xs)}
         out[name] = Timing(
+            after=after,
             median_s=statistics.median(s),
             p25_s=_quantile(s, 0.25),
             p75_s=_quantile(s, 0.75),

@@ -282,8 +282,9 @@ class _Case:
 
 def _footnotes(int_mm_padded: bool) -> list[str]:
     notes = [
-        "All contenders timed in one process, interleaved: every round calls each once, the "
-        "order rotating by one per round; medians over the rounds after a warm-up. "
+        "All contenders timed in one process, interleaved: every round calls each once, in "
+        "orders from a balanced Latin square (Williams design), so each contender directly "
+        "follows every other one equally often; medians over all rounds after a warm-up. "
         "spread = interquartile range / median.",
         "GOPS = 2*M*N*K / median time. %peak = GOPS / the measured int8 VNNI peak for that "
         "thread count (int8kit's tight vpdpbusd loop, max of several runs); float32 FMA peak "
@@ -306,8 +307,11 @@ def _footnotes(int_mm_padded: bool) -> list[str]:
         f"column-major view of the [N,K] int8 weight); torch {torch.__version__} "
         + ("refused some M <= 16 shapes, which were zero-padded to M=17 (marked with *)."
            if int_mm_padded else "accepted every shape here (no padding)."),
-        "torch's OpenMP threads may spin briefly after a parallel region (libgomp default); "
-        "the rotating order spreads that effect over all contenders rather than one.",
+        "Interference: torch's OpenMP threads spin-wait after each parallel region (libgomp "
+        "default; OMP_WAIT_POLICY is not changed here), occupying cores that the next "
+        "contender's threads want; and a thread that has slept must be woken. The last table "
+        "shows int8kit s32's median split by the contender that ran just before it; a large "
+        "gap between columns at threads > 1 is such interference, not the kernel.",
         "Correctness: before timing, int8kit's int32 result (default and AVX2 path) is compared "
         "exactly with torch._int_mm (+ (128 - zp) * colsum(W)) and ORT, and the float epilogue "
         "with an exact float64 computation.",
@@ -490,6 +494,23 @@ def render(payload: dict) -> str:
          "f32epi/f32", "avx2/f32", f"avx2>={AVX2_TARGET:.0f}x@M>={AVX2_TARGET_MIN_M}",
          "verify"], srows, align="lrrrrrrrrl"))
     lines.append("(ratios: peer median / int8kit median; >1 means int8kit is faster)")
+
+    lines.append("")
+    lines.append("int8kit s32 median (us) by the contender that ran just before it:")
+    short = {"int8kit_s32": "s32", "int8kit_f32": "f32-epi", "int8kit_s32_avx2": "avx2",
+             "torch_f32": "torch f32", "torch_int_mm": "_int_mm", "ort_mmi": "ORT"}
+    arows = []
+    for r in payload["results"]:
+        after = r["contenders"]["int8kit_s32"].get("after") or {}
+        row = ["x".join(map(str, r["shape"])), r["threads"],
+               H.fmt_us(r["contenders"]["int8kit_s32"]["median_s"])]
+        for name in CONTENDERS[1:]:
+            a = after.get(name)
+            row.append(H.fmt_us(a["median_s"]) if a else "n/a")
+        arows.append(row)
+    lines.append(H.format_table(
+        ["shape MxKxN", "thr", "all"] + [f"after {short[c]}" for c in CONTENDERS[1:]],
+        arows))
 
     lines.append("")
     for t, p in payload["peak"].items():

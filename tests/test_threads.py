@@ -169,3 +169,33 @@ def test_concurrent_calls_with_torch_threads_busy(rng, ref):
         [f.result() for f in torch_futures]
     for got in results:
         np.testing.assert_array_equal(got.astype(np.int64), expected)
+
+
+_BACKEND_CHILD = """
+import json, numpy as np, int8kit
+from int8kit import ops
+rng = np.random.default_rng(7)
+a = rng.integers(0, 256, (256, 1024), dtype=np.uint8)
+w = rng.integers(-128, 128, (96, 1024), dtype=np.int8)
+x = rng.normal(0, 1, (300, 1027)).astype(np.float32)
+p = ops.pack_weight(w)
+print(json.dumps({"threading": int8kit.cpu_info()["threading"],
+                  "s32": ops.gemm_s32(a, 5, p, threads=2).tolist(),
+                  "q": ops.quantize_dynamic_u8(x, threads=2)[0].tolist()}))
+"""
+
+
+def test_own_pool_and_torch_openmp_team_give_identical_results(ref):
+    """Parallel work runs on torch's OpenMP team when libgomp is loaded, else on int8kit's
+    pool (forced with INT8KIT_THREADS=own); both must give the same bits."""
+    import json
+
+    outs = {}
+    for mode in ("own", None):
+        proc = ref.run_python(_BACKEND_CHILD, {"INT8KIT_THREADS": mode})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert outs["own"]["threading"] == "int8kit pool"
+    assert outs[None]["threading"] in ("openmp (shared with torch)", "int8kit pool")
+    assert outs["own"]["s32"] == outs[None]["s32"]
+    assert outs["own"]["q"] == outs[None]["q"]

@@ -1,5 +1,6 @@
 // Validation, the split of the output over threads, and the call into the chosen path.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,8 @@ constexpr int64_t kMinMacsPerThread = int64_t(1) << 20;
 // Columns are handed out in units of the widest micro-kernel (3 panels = 48 columns).
 constexpr int64_t kPanelsPerUnit = 3;
 constexpr int64_t kRowsPerUnit = 8;
+// Enough tiles that a late thread costs little, few enough that claiming them is free.
+constexpr int64_t kTilesPerThread = 16;
 
 void validate(const GemmArgs& g) {
   if (g.M < 0) throw std::invalid_argument("M must be >= 0");
@@ -42,13 +45,6 @@ void validate(const GemmArgs& g) {
     throw std::invalid_argument("output zero point must be in [0, 255]");
 }
 
-// Splits [0, n) into `parts` near-equal contiguous ranges; returns range i.
-std::pair<int64_t, int64_t> split(int64_t n, int64_t parts, int64_t i) {
-  const int64_t base = n / parts, extra = n % parts;
-  const int64_t begin = i * base + std::min(i, extra);
-  return {begin, begin + base + (i < extra ? 1 : 0)};
-}
-
 }  // namespace
 
 void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
@@ -59,20 +55,38 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
   if (g.M == 0) return;
   const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
 
+  // The output is cut into tiles (column units x row blocks) that threads claim from a
+  // shared counter, so a thread that starts late (a sleeping core, another runtime's
+  // spinning threads) just takes fewer tiles instead of holding everyone up. Each tile is
+  // computed whole by one thread, so the result does not depend on who took what.
   const int64_t n_units = (g.B.n_panels + kPanelsPerUnit - 1) / kPanelsPerUnit;
   const int64_t m_units = (g.M + kRowsPerUnit - 1) / kRowsPerUnit;
   const int64_t macs = g.M * g.B.n * g.B.k;
-  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(nthreads, macs / kMinMacsPerThread));
-  nt = std::min(nt, n_units * m_units);
-  // Prefer splitting columns (each thread streams its own weights); split rows only when
-  // there are too few column units to go round.
-  const int64_t tn = std::min(nt, n_units), tm = nt / tn;
-  detail::parallel_for(static_cast<int>(tn * tm), [&](int tid) {
-    const auto [u0, u1] = split(n_units, tn, tid % tn);
-    const auto [r0, r1] = split(m_units, tm, tid / tn);
-    const int64_t p0 = u0 * kPanelsPerUnit, p1 = std::min(u1 * kPanelsPerUnit, g.B.n_panels);
-    const int64_t m0 = r0 * kRowsPerUnit, m1 = std::min(r1 * kRowsPerUnit, g.M);
-    if (p0 < p1 && m0 < m1) block(g, m0, m1, p0, p1);
+  const int64_t nt = std::max<int64_t>(
+      1, std::min<int64_t>({nthreads, macs / kMinMacsPerThread, n_units * m_units}));
+  if (nt == 1) {
+    block(g, 0, g.M, 0, g.B.n_panels);
+    return;
+  }
+  // About kTilesPerThread tiles each: columns first (a thread then streams only its own
+  // weights), rows only when there are too few column units.
+  const int64_t want = nt * kTilesPerThread;
+  const int64_t n_tiles = std::min(n_units, want);
+  const int64_t m_tiles = std::min(m_units, std::max<int64_t>(1, want / n_tiles));
+  const int64_t units_per_tile = (n_units + n_tiles - 1) / n_tiles;
+  const int64_t rows_per_tile = (m_units + m_tiles - 1) / m_tiles * kRowsPerUnit;
+  const int64_t tiles_n = (n_units + units_per_tile - 1) / units_per_tile;
+  const int64_t tiles_m = (g.M + rows_per_tile - 1) / rows_per_tile;
+  std::atomic<int64_t> next{0};
+  detail::parallel_for(static_cast<int>(nt), [&](int) {
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tiles_n * tiles_m;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t un = t / tiles_m, um = t % tiles_m;  // row tiles of one column tile
+      const int64_t p0 = un * units_per_tile * kPanelsPerUnit;           // adjacent: B stays
+      const int64_t p1 = std::min(p0 + units_per_tile * kPanelsPerUnit, g.B.n_panels);
+      const int64_t m0 = um * rows_per_tile, m1 = std::min(m0 + rows_per_tile, g.M);
+      block(g, m0, m1, p0, p1);
+    }
   });
 }
 

@@ -1,11 +1,16 @@
 #include "thread_pool.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -116,6 +121,55 @@ Pool& pool() {
   return *p;
 }
 
+// torch's OpenMP runtime, when the process has one loaded. Running our parallel regions on
+// its thread team means no second set of threads competing for the same cores, and threads
+// that torch's last op left spinning start at once (a sleeping thread can take
+// milliseconds to wake on a virtual machine).
+struct Gomp {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;
+};
+
+int find_libgomp(dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  if (name == nullptr || std::strstr(name, "libgomp") == nullptr) return 0;
+  void* lib = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+  if (lib == nullptr) return 0;
+  auto* gomp = static_cast<Gomp*>(out);
+  gomp->parallel = reinterpret_cast<decltype(Gomp::parallel)>(dlsym(lib, "GOMP_parallel"));
+  return gomp->parallel != nullptr;  // stop at the first usable one
+}
+
+// Looked up on each call until found (torch may be imported after our first call), then
+// kept. INT8KIT_THREADS=own always uses our pool.
+const Gomp* loaded_gomp() {
+  static std::atomic<bool> found{false};
+  static Gomp gomp;
+  static const bool own = [] {
+    const char* env = std::getenv("INT8KIT_THREADS");
+    return env != nullptr && std::string(env) == "own";
+  }();
+  if (own) return nullptr;
+  if (found.load(std::memory_order_acquire)) return &gomp;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!found.load() && dl_iterate_phdr(find_libgomp, &gomp) != 0) found.store(true);
+  return found.load() ? &gomp : nullptr;
+}
+
+struct GompJob {
+  const std::function<void(int)>* fn;
+  int nthreads;
+  std::atomic<int> next{0};
+};
+
+// Each team member claims tids until none are left, so a team smaller than asked for (a
+// nested region, OMP limits) still runs every tid.
+void gomp_trampoline(void* data) {
+  auto* job = static_cast<GompJob*>(data);
+  for (int t = job->next.fetch_add(1); t < job->nthreads; t = job->next.fetch_add(1))
+    (*job->fn)(t);
+}
+
 }  // namespace
 
 void parallel_for(int nthreads, const std::function<void(int)>& fn) {
@@ -124,7 +178,14 @@ void parallel_for(int nthreads, const std::function<void(int)>& fn) {
     fn(0);
     return;
   }
+  if (const Gomp* gomp = loaded_gomp()) {
+    GompJob job{&fn, nthreads};
+    gomp->parallel(gomp_trampoline, &job, static_cast<unsigned>(nthreads), 0);
+    return;
+  }
   pool().run(nthreads, fn);
 }
+
+const char* threading_backend() { return loaded_gomp() ? "openmp (shared with torch)" : "int8kit pool"; }
 
 }  // namespace int8kit::detail

@@ -1,6 +1,7 @@
-// Internal: a small fork-safe thread pool. Workers spin for a few tens of microseconds
-// after a job (cheap back-to-back calls) and then sleep, so they never steal a core for
-// long from whatever runs next.
+// Internal: where parallel work runs. If the process has torch's OpenMP runtime (libgomp)
+// loaded, on its thread team, so int8kit never adds a second set of threads next to
+// torch's. Otherwise on a small fork-safe pool of our own, whose workers spin for a few
+// tens of microseconds after a job and then sleep, so they never hold a core for long.
 #pragma once
 
 #include <functional>
@@ -12,5 +13,8 @@ namespace int8kit::detail {
 // nested call) the tids run one after another on the caller's thread instead, which
 // gives the same result because work is split by tid alone.
 void parallel_for(int nthreads, const std::function<void(int tid)>& fn);
+
+// "openmp (shared with torch)" or "int8kit pool", for `int8kit info`.
+const char* threading_backend();
 
 }  // namespace int8kit::detail

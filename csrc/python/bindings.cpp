@@ -12,6 +12,7 @@
 #include "int8kit/pack.h"
 #include "int8kit/peak.h"
 #include "int8kit/quantize.h"
+#include "../cpu/thread_pool.h"
 
 namespace py = pybind11;
 using namespace int8kit;
@@ -71,6 +72,7 @@ py::dict cpu_info() {
   info["features"] = features;
   info["supported_paths"] = supported;
   info["best_path"] = isa_name(best_supported_isa());
+  info["threading"] = detail::threading_backend();
   return info;
 }
 
