@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -40,6 +42,9 @@ def per_index(value, name: str, n: int, dtype) -> np.ndarray:
     """
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or 1-D array, got bool")
+    target = np.dtype(dtype)
+    if type(value) in (int, float):  # fast path for plain scalars (most calls)
+        return _scalar(value, name, target)
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     arr = np.asarray(value)
@@ -47,13 +52,14 @@ def per_index(value, name: str, n: int, dtype) -> np.ndarray:
         arr = arr.reshape(1)
     if arr.ndim != 1 or arr.shape[0] not in (1, n):
         raise ValueError(f"{name} must be a scalar or 1-D of length 1 or {n}, got shape {arr.shape}")
-    target = np.dtype(dtype)
     if target.kind == "i":
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
         info = np.iinfo(target)
-        if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
-            raise ValueError(f"{name} is out of range for {target}")
+        if arr.size:
+            lo, hi = (int(arr[0]),) * 2 if arr.size == 1 else (int(arr.min()), int(arr.max()))
+            if lo < info.min or hi > info.max:
+                raise ValueError(f"{name} is out of range for {target}")
         return np.ascontiguousarray(arr, dtype=target)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
@@ -62,3 +68,19 @@ def per_index(value, name: str, n: int, dtype) -> np.ndarray:
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{name} must be finite (in {target} range)")
     return out
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _scalar(value, name: str, target: np.dtype) -> np.ndarray:
+    """per_index for a Python int or float: the same checks without numpy reductions."""
+    if target.kind == "i":
+        if type(value) is not int:
+            raise TypeError(f"{name} must hold integers, got {value!r}")
+        info = np.iinfo(target)
+        if not info.min <= value <= info.max:
+            raise ValueError(f"{name} is out of range for {target}")
+    elif not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+        raise ValueError(f"{name} must be finite (in {target} range)")
+    return np.array([value], dtype=target)

@@ -18,6 +18,7 @@ from ._validate import as_numpy, per_index
 
 MAX_K: int = _C.MAX_K
 PANEL: int = _C.PANEL
+_SUPPORTED_PATHS: tuple[str, ...] = tuple(_C.cpu_info()["supported_paths"])
 
 
 def _threads(threads: int | None) -> int:
@@ -33,9 +34,9 @@ def _isa(isa: str | None) -> str:
         return ""
     if isa not in ("scalar", "avx2", "avx512_vnni"):
         raise ValueError(f"isa must be one of 'scalar', 'avx2', 'avx512_vnni', got {isa!r}")
-    if isa not in _C.cpu_info()["supported_paths"]:
+    if isa not in _SUPPORTED_PATHS:
         raise RuntimeError(f"kernel path {isa!r} cannot run on this CPU; "
-                           f"supported: {_C.cpu_info()['supported_paths']}")
+                           f"supported: {list(_SUPPORTED_PATHS)}")
     return isa
 
 
@@ -71,8 +72,9 @@ class PackedWeight:
     buffer: torch.Tensor
 
     def __post_init__(self):
-        info = _C.packed_info(as_numpy(self.buffer, "packed", np.uint8, 1))
-        object.__setattr__(self, "_info", info)
+        view = as_numpy(self.buffer, "packed", np.uint8, 1)
+        object.__setattr__(self, "_info", _C.packed_info(view))
+        object.__setattr__(self, "_view", view)  # reused by every call
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -120,7 +122,7 @@ def pack_weight(w) -> PackedWeight:
 
 def _packed_buffer(packed) -> np.ndarray:
     if isinstance(packed, PackedWeight):
-        packed = packed.buffer
+        return packed._view
     return as_numpy(packed, "packed", np.uint8, 1)
 
 
@@ -132,7 +134,8 @@ def _activations(a, a_zero_point):
     arr = as_numpy(a, "a", np.int8 if signed else np.uint8, 2)
     zp = per_index(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
     lo, hi = (-128, 127) if signed else (0, 255)
-    if zp.size and (zp.min() < lo or zp.max() > hi):
+    zmin, zmax = (zp[0], zp[0]) if zp.size == 1 else (zp.min(initial=lo), zp.max(initial=hi))
+    if zmin < lo or zmax > hi:
         raise ValueError(f"a_zero_point must be in [{lo}, {hi}] for {arr.dtype} activations")
     if signed:
         arr = arr.view(np.uint8) ^ np.uint8(0x80)
@@ -140,20 +143,22 @@ def _activations(a, a_zero_point):
     return arr, zp.astype(np.int32), is_torch
 
 
+def _positive(v: np.ndarray, name: str) -> np.ndarray:
+    if (v[0] <= 0) if v.size == 1 else bool(np.any(v <= 0)):
+        raise ValueError(f"{name} must be > 0")
+    return v
+
+
 def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=None,
          relu=False, out_inv_scale=1.0, out_zero_point=0, threads=None, isa=None):
     buf = _packed_buffer(packed)
     arr, zp, is_torch = _activations(a, a_zero_point)
-    n = _C.packed_info(buf)["n"]
+    n = packed.out_features if isinstance(packed, PackedWeight) else _C.packed_info(buf)["n"]
     out = np.empty((arr.shape[0], n), dtype=out_dtype)
     if a_scale is not None:
-        a_scale = per_index(a_scale, "a_scale", arr.shape[0], np.float32)
-        if np.any(a_scale <= 0):
-            raise ValueError("a_scale must be > 0")
+        a_scale = _positive(per_index(a_scale, "a_scale", arr.shape[0], np.float32), "a_scale")
     if w_scale is not None:
-        w_scale = per_index(w_scale, "w_scale", n, np.float32)
-        if np.any(w_scale <= 0):
-            raise ValueError("w_scale must be > 0")
+        w_scale = _positive(per_index(w_scale, "w_scale", n, np.float32), "w_scale")
     if bias is not None:
         bias = as_numpy(bias, "bias", np.float32, 1)
         if not np.all(np.isfinite(bias)):
