@@ -102,13 +102,6 @@ def test_missing_section_module_fails_loudly_before_running_anything():
         run_bench(["nope"], progress=False, registry=registry)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("int8kit.bench.gemm") is not None,
-                    reason="the gemm section exists")
-def test_default_gemm_section_names_its_missing_module():
-    with pytest.raises(ImportError, match="int8kit.bench.gemm"):
-        run_bench(["gemm"], progress=False)
-
-
 def test_section_returning_bad_rows_is_named():
     registry = {"bad": lambda q, t, p: {"rows": [{"name": "x"}]}}
     with pytest.raises(ValueError, match="'bad'.*lacks"):

@@ -2,7 +2,6 @@
 
 import io
 
-import pytest
 import torch
 from torch import nn
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import int8kit
-from int8kit.fusion import ConvReLU2d
 from int8kit.nn import QuantLinear, StaticQuantConv2d, StaticQuantLinear
 from int8kit.nn.conv import QuantConv2d
 from int8kit.nn.static import STATIC_MODULES

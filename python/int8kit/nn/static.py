@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import _C, ops
+from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError
 from .conv import QuantConv2d, _resolve_padding
