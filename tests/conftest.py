@@ -112,11 +112,12 @@ def requant_inv_scale(out_scale) -> np.float32:
 
 
 def ref_requant_u8(y64, out_scale, out_zero_point, tol=1e-3):
-    """(q, near): q = clamp(rint(y * inv_scale) + zp, 0, 255) in float64; near marks the
-    elements within tol of a .5 rounding boundary, where float32 may round the other way."""
+    """(q, near): q = rint(clamp(y * inv_scale + zp, 0, 255)) in float64 (the zero point
+    added before rounding, as torch's quantize); near marks the elements within tol of a .5
+    rounding boundary, where float32 may round the other way."""
     t = np.asarray(y64, np.float64) * np.float64(requant_inv_scale(out_scale))
-    t = np.clip(t, -1e9, 1e9)
-    q = np.clip(np.rint(t) + int(out_zero_point), 0, 255).astype(np.int64)
+    t = np.clip(t + int(out_zero_point), 0, 255)
+    q = np.rint(t).astype(np.int64)
     near = np.abs(np.abs(t - np.floor(t)) - 0.5) < tol
     return q, near
 

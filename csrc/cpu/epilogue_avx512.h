@@ -1,7 +1,7 @@
 // Internal: epilogue_ref.h for 16 int32 lanes with AVX-512, bit for bit (include it only
 // from *_avx512*.cpp files). Same order of operations as the scalar form: the scale
 // product a_scale * w_scale rounded first, one fma with the bias, ReLU as max with +0,
-// then the clamped round-half-even requantization.
+// then requantization as fma(y, 1/out_scale, zp), clamped to [0, 255], rounded half even.
 #pragma once
 
 #include <immintrin.h>
@@ -35,12 +35,11 @@ inline void epi_store16_t(const GemmArgs& g, int64_t off, __mmask16 mask, __m512
     if constexpr (OUT == OutKind::f32) {
       _mm512_mask_storeu_ps(static_cast<float*>(g.C) + off, mask, y);
     } else {
-      __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(g.out_inv_scale));
-      t = _mm512_max_ps(t, _mm512_set1_ps(-kRequantClamp));  // t first: NaN -> low clamp
-      t = _mm512_min_ps(t, _mm512_set1_ps(kRequantClamp));
-      __m512i q = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_add_epi32(q, _mm512_set1_epi32(g.out_zp));
-      q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+      __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(g.out_inv_scale),
+                                 _mm512_set1_ps(static_cast<float>(g.out_zp)));
+      t = _mm512_max_ps(t, _mm512_setzero_ps());  // t first: NaN -> 0, as the scalar
+      t = _mm512_min_ps(t, _mm512_set1_ps(255.f));
+      const __m512i q = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.C) + off, mask, q);
     }
   }

@@ -9,8 +9,6 @@
 
 namespace int8kit::detail {
 
-constexpr float kRequantClamp = 1e9f;
-
 inline float dequant_one(const GemmArgs& g, int64_t m, int64_t n, int32_t acc) {
   const float s = g.a_scale[m * g.a_scale_stride] * g.w_scale[n * g.w_scale_stride];
   float y = std::fma(static_cast<float>(acc), s, g.bias ? g.bias[n] : 0.f);
@@ -18,13 +16,14 @@ inline float dequant_one(const GemmArgs& g, int64_t m, int64_t n, int32_t acc) {
   return y;
 }
 
+// The same formula as activation quantization (quantize.h, torch's order): the zero point
+// is added before rounding, so a uint8 output handed to the next layer equals quantizing
+// the float output with that layer's input parameters, bit for bit.
 inline uint8_t requant_one(const GemmArgs& g, float y) {
-  float t = y * g.out_inv_scale;
-  t = t > -kRequantClamp ? t : -kRequantClamp;  // NaN maps to the low clamp, as vmaxps does
-  t = t < kRequantClamp ? t : kRequantClamp;
-  int32_t q = static_cast<int32_t>(std::nearbyint(t)) + g.out_zp;
-  q = q < 0 ? 0 : (q > 255 ? 255 : q);
-  return static_cast<uint8_t>(q);
+  float t = std::fma(y, g.out_inv_scale, static_cast<float>(g.out_zp));
+  t = t > 0.f ? t : 0.f;  // NaN maps to 0, as vmaxps(t, 0) does
+  t = t < 255.f ? t : 255.f;
+  return static_cast<uint8_t>(std::nearbyint(t));
 }
 
 // Applies the epilogue to one corrected accumulator and stores it.

@@ -127,19 +127,16 @@ void finish_row(const GemmArgs& g, const PanelParams& pp, int64_t m, __m256i raw
     return;
   }
 
-  // u8: the same clamp order as requant_one() (NaN -> -1e9), then round half to even
-  // (cvtps2dq under the default rounding mode), add the zero point, clamp to [0, 255].
+  // u8: as requant_one(): fma(y, 1/out_scale, zp), clamp to [0, 255] with t first (NaN ->
+  // 0), then round half to even (cvtps2dq under the default rounding mode).
   const __m256 inv = _mm256_set1_ps(g.out_inv_scale);
-  const __m256 lo = _mm256_set1_ps(-kRequantClamp), hi = _mm256_set1_ps(kRequantClamp);
-  const __m256i ozp = _mm256_set1_epi32(g.out_zp);
-  const __m256i q0 = _mm256_set1_epi32(0), q255 = _mm256_set1_epi32(255);
+  const __m256 ozp = _mm256_set1_ps(static_cast<float>(g.out_zp));
+  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(255.f);
   __m256i q[2];
   const __m256 y[2] = {y0, y1};
   for (int h = 0; h < 2; ++h) {
-    __m256 t = _mm256_mul_ps(y[h], inv);
-    t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-    const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(t), ozp);
-    q[h] = _mm256_min_epi32(_mm256_max_epi32(v, q0), q255);
+    const __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(y[h], inv, ozp), lo), hi);
+    q[h] = _mm256_cvtps_epi32(t);
   }
   // Values are already in [0, 255], so the saturating packs only narrow. packs works per
   // 128-bit lane; the permute puts the 16 int16 back in column order.

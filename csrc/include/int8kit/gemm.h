@@ -5,8 +5,9 @@
 //   acc[m,n] = sum_k (a[m,k] - a_zp[m]) * w[n,k]                       (exact int32)
 //   s32: C[m,n] = acc[m,n]
 //   f32: y = fmaf(float(acc), a_scale[m] * w_scale[n], bias ? bias[n] : 0); relu: y > 0 ? y : 0
-//   u8:  t = y * out_inv_scale, clamped to [-1e9, 1e9];
-//        C[m,n] = clamp(nearbyint(t) + out_zp, 0, 255)   (round half to even)
+//   u8:  C[m,n] = nearbyint(clamp(fmaf(y, out_inv_scale, out_zp), 0, 255))  (half to even),
+//        the same formula as activation quantization (quantize.h), so a uint8 output
+//        handed to the next layer equals quantizing the float output.
 // Per-row parameters use a stride: stride 0 means one value for all rows (per tensor).
 #pragma once
 
