@@ -45,11 +45,8 @@ from torch import nn
 
 from int8kit.nn import QuantLinear
 
-SHAPES: list[tuple[int, int, int]] = [  # (M, K, N)
-    (1, 768, 768), (1, 4096, 4096), (8, 768, 3072), (32, 768, 768), (128, 768, 3072),
-    (128, 3072, 768), (512, 1024, 1024), (1024, 1024, 1024), (2048, 2048, 2048),
-]
-QUICK_SHAPES = [SHAPES[i] for i in (0, 2, 3, 4)]
+from .gemm import QUICK_SHAPES, SHAPES  # the same (M, K, N) shapes as the GEMM benchmark
+
 CONTENDERS = ["int8kit", "int8kit_pt", "torch_f32", "torch_ao_fbgemm", "torch_ao_x86",
               "ort_dynamic"]
 LABELS = {
@@ -63,20 +60,6 @@ LABELS = {
 MAX_REL_ERR = 0.05  # an int8 result further than this from float32 is flagged
 
 
-def _williams_orders(n: int) -> list[list[int]]:
-    """Orders of 0..n-1 in which every contender directly follows every other one equally
-    often (a Williams design: row-complete Latin square; odd n needs the mirrored rows)."""
-    first, lo, hi = [0], 1, n - 1
-    while len(first) < n:
-        first.append(lo)
-        lo += 1
-        if len(first) < n:
-            first.append(hi)
-            hi -= 1
-    rows = [[(f + i) % n for f in first] for i in range(n)]
-    return rows if n % 2 == 0 else rows + [r[::-1] for r in rows]
-
-
 def _time_fair(fns: dict, *, rounds, target_s: float, warmup_s: float) -> dict:
     """_harness.time_interleaved rotates one cyclic order, so a contender always runs right
     after the same neighbour and inherits its cache footprint (measured: the int8 GEMM at
@@ -85,7 +68,7 @@ def _time_fair(fns: dict, *, rounds, target_s: float, warmup_s: float) -> dict:
     design makes every contender follow every other one equally often; the result is the
     median over blocks of each block's statistics."""
     names = list(fns)
-    orders = _williams_orders(len(names))
+    orders = H.williams_orders(len(names))
     per = {n: [] for n in names}
     for order in orders:
         res = H.time_interleaved({names[i]: fns[names[i]] for i in order},
