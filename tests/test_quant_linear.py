@@ -267,8 +267,10 @@ def test_repr_and_weight_bytes():
     assert "in_features=256" in r and "per_channel" in r and "per_row" in r
     assert "per_tensor" in repr(QuantLinear.from_float(_linear(4, 4), weight="per_tensor"))
     stored = 256 * 64 + 64 * 4 + 64 * 4  # int8 weight + float32 scales + float32 bias
-    assert ql.weight_bytes(include_packed=False) == stored
-    assert ql.weight_bytes() == stored + ql.packed.numel()
+    assert ql.weight_bytes(include_packed=False) == stored  # the saved form
+    # In memory the weight exists once, packed: no int8 buffer next to it.
+    assert "qweight" not in dict(ql.named_buffers())
+    assert ql.weight_bytes() == ql.packed.numel() + 64 * 4 + 64 * 4
     assert ql.packed.numel() >= 256 * 64
     assert ql.weight_bytes() < (256 * 64 + 64) * 4  # below the float layer's footprint
 

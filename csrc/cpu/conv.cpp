@@ -94,6 +94,8 @@ void im2col(const ConvArgs& a, int64_t oh, int64_t ow, int64_t g, int64_t m0, in
   const ConvParams& p = a.wt.p;
   const int64_t c = p.in_channels, icg = c / p.groups;
   const uint8_t zp = static_cast<uint8_t>(a.x_zp);
+  // One group, no dilation: a kernel row's taps are one contiguous run of NHWC bytes.
+  const bool run = p.groups == 1 && p.dil_w == 1;
   for (int64_t m = m0; m < m1; ++m) {
     const int64_t n = m / (oh * ow), r = m % (oh * ow), y = r / ow, x = r % ow;
     uint8_t* dst = buf + (m - m0) * ldb;
@@ -101,6 +103,12 @@ void im2col(const ConvArgs& a, int64_t oh, int64_t ow, int64_t g, int64_t m0, in
       const int64_t ih = y * p.stride_h - p.pad_h + kh * p.dil_h;
       const bool row_in = ih >= 0 && ih < a.h;
       const uint8_t* src_row = a.x + (n * a.h + (row_in ? ih : 0)) * a.w * c + g * icg;
+      const int64_t iw0 = x * p.stride_w - p.pad_w;
+      if (run && row_in && iw0 >= 0 && iw0 + p.kw <= a.w) {  // the kw taps are adjacent
+        std::memcpy(dst, src_row + iw0 * c, static_cast<size_t>(p.kw * c));
+        dst += p.kw * c;
+        continue;
+      }
       for (int64_t kw = 0; kw < p.kw; ++kw, dst += icg) {
         const int64_t iw = x * p.stride_w - p.pad_w + kw * p.dil_w;
         if (row_in && iw >= 0 && iw < a.w)

@@ -29,6 +29,15 @@ inline const uint8_t* dw_tap(const DwJob& j, int64_t n, int64_t ih, int64_t iw) 
 }
 
 void depthwise_rows_scalar(const DwJob&, int64_t, int64_t);
+// Layout changes for conv2d_dynamic_f32, over pixels [p0, p1) of one image of hw pixels:
+// q[p][c] = quantize(x[c][p]) (quantize_u8's formula), and out[c][p] = y[p][c].
+#if INT8KIT_HAVE_X86_KERNELS
+void nchw_to_nhwc_u8_avx512(const float* x, int64_t c, int64_t hw, int64_t p0, int64_t p1,
+                            float inv_scale, int32_t zp, uint8_t* q);
+void nhwc_to_nchw_f32_avx512(const float* y, int64_t c, int64_t hw, int64_t p0, int64_t p1,
+                             float* out);
+#endif
+
 #if INT8KIT_HAVE_X86_KERNELS
 void depthwise_rows_avx2(const DwJob&, int64_t, int64_t);
 void depthwise_rows_avx512vnni(const DwJob&, int64_t, int64_t);

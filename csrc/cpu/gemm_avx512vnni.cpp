@@ -129,14 +129,19 @@ inline int panels_for_rows(int mr) { return mr <= 2 ? 6 : (mr <= 4 ? 4 : 3); }
 void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   // Row blocks keep the A rows being reused (MC x K) within about half of L2.
   const int64_t mc = std::max<int64_t>(kMaxRows, ((int64_t(1) << 20) / g.B.k) / kMaxRows * kMaxRows);
+  // A panel count that 4 divides but 3 does not (64, 128, 256 columns: conv's usual
+  // widths) runs as 6x4 tiles instead of 8x3 plus a narrow 8x1 or 8x2 tail.
+  const bool by4 = (p1 - p0) % 3 != 0 && (p1 - p0) % 4 == 0;
+  const int rows = by4 ? 6 : kMaxRows;
+  auto fit = [by4](int mr) { return by4 && mr <= 6 ? 4 : panels_for_rows(mr); };
   for (int64_t mb = m0; mb < m1; mb += mc) {
     const int64_t me = std::min(m1, mb + mc);
-    const int widest = panels_for_rows(static_cast<int>(std::min<int64_t>(me - mb, kMaxRows)));
+    const int widest = fit(static_cast<int>(std::min<int64_t>(me - mb, rows)));
     for (int64_t p = p0; p < p1; p += widest) {
       const int np = static_cast<int>(std::min<int64_t>(widest, p1 - p));
-      for (int64_t m = mb; m < me; m += kMaxRows) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, me - m));
-        const int np_fit = std::min(np, panels_for_rows(mr));
+      for (int64_t m = mb; m < me; m += rows) {
+        const int mr = static_cast<int>(std::min<int64_t>(rows, me - m));
+        const int np_fit = std::min(np, fit(mr));
         for (int64_t q = p; q < p + np; q += np_fit) {
           const int npq = static_cast<int>(std::min<int64_t>(np_fit, p + np - q));
           kTiles[mr - 1][npq - 1](Tile{g, m, q});

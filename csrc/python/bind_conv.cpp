@@ -152,6 +152,49 @@ void bind_conv(py::module_& m) {
     py::gil_scoped_release nogil;
     conv2d_with_isa(c, nthreads, path);
   });
+  m.def("conv2d_dynamic_f32", [](const py::handle& x_obj, bool x_nhwc, const py::handle& packed,
+                                 const py::handle& w_scale_obj, const py::handle& bias_obj,
+                                 bool relu, const py::handle& out_obj, bool out_nhwc,
+                                 int nthreads, const std::string& isa) {
+    ConvDynamicArgs d;
+    d.wt = view_of(packed);
+    const ConvParams& p = d.wt.p;
+    auto x = checked<float>(x_obj, "x", 4);
+    const int64_t xc = x.shape(x_nhwc ? 3 : 1);
+    if (xc != p.in_channels)
+      throw py::value_error("x has " + std::to_string(xc) + " channels, expected " +
+                            std::to_string(p.in_channels));
+    d.n = x.shape(0), d.h = x.shape(x_nhwc ? 1 : 2), d.w = x.shape(x_nhwc ? 2 : 3);
+    d.x = x.data(), d.x_nhwc = x_nhwc;
+    int64_t oh, ow;
+    conv_output_size(p, d.h, d.w, &oh, &ow);
+    auto out = checked<float>(out_obj, "out", 4);
+    const std::array<int64_t, 4> want = out_nhwc ? std::array<int64_t, 4>{d.n, oh, ow, p.out_channels}
+                                                 : std::array<int64_t, 4>{d.n, p.out_channels, oh, ow};
+    for (int i = 0; i < 4; ++i)
+      if (out.shape(i) != want[i]) throw py::value_error("out has the wrong shape");
+    d.y = out.mutable_data(), d.y_nhwc = out_nhwc;
+    auto ws = checked<float>(w_scale_obj, "w_scale", 1);
+    if (ws.shape(0) != 1 && ws.shape(0) != p.out_channels)
+      throw py::value_error("w_scale must have length 1 or " + std::to_string(p.out_channels));
+    d.w_scale = ws.data(), d.w_scale_stride = ws.shape(0) == 1 ? 0 : 1;
+    if (!bias_obj.is_none()) {
+      auto bias = checked<float>(bias_obj, "bias", 1);
+      if (bias.shape(0) != p.out_channels)
+        throw py::value_error("bias must have length " + std::to_string(p.out_channels));
+      d.bias = bias.data();
+    }
+    d.relu = relu;
+    const Isa path = isa.empty() ? active_isa() : parse_isa(isa);
+    float scale = 0.f;
+    int32_t zp = 0;
+    bool ok;
+    {
+      py::gil_scoped_release nogil;
+      ok = conv2d_dynamic_f32(d, nthreads, path, &scale, &zp);
+    }
+    return py::make_tuple(ok, scale, zp);
+  });
   m.def("conv2d_reference", [](const py::handle& x, int32_t x_zp, const py::handle& w_obj,
                                const std::array<int64_t, 11>& v, const py::handle& out,
                                float x_scale, const py::handle& w_scale, const py::handle& bias,

@@ -129,6 +129,7 @@ void gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj, const py::hand
 }  // namespace
 
 void bind_conv(pybind11::module_& m);
+void bind_linear(pybind11::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "int8kit native kernels (use int8kit.ops, not this module)";
@@ -222,4 +223,5 @@ PYBIND11_MODULE(_C, m) {
     return vnni_peak_ops_per_second(nthreads, iters);
   });
   bind_conv(m);
+  bind_linear(m);
 }

@@ -4,14 +4,14 @@
 and runs the int8 GEMM with the dequantize + bias epilogue fused. Its fake implementation
 only states the output shape, so tracing never touches the packed bytes.
 
-`linear_dynamic_impl` is the same computation without the dispatcher: eager modules call
-it directly because the custom-op dispatch costs several microseconds per call, which is
-as long as a whole M=1 GEMM (tests check both routes give identical results).
+`linear_dynamic_impl` is the same computation without the dispatcher: the custom-op
+dispatch costs several microseconds per call, as long as a whole M=1 GEMM, so eager
+modules call the same native entry point (_C.linear_dynamic) directly, with numpy views of
+their buffers made once (tests check every route gives identical results).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import _C
@@ -22,26 +22,17 @@ def linear_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Te
                         relu: bool, threads: int) -> torch.Tensor:
     """float32 [M, N] from float32 x [M, K]; arguments are trusted (modules check them).
 
-    Calls the bindings directly: ops.py re-validates every argument on each call, which
-    costs more than the kernels themselves at small M.
+    One fused native call (quantize into a scratch buffer, GEMM, epilogue): ops.py
+    re-validates every argument on each call, which costs more than the kernels at small M.
     """
     if not x.is_contiguous():
         x = x.contiguous()
     xa = (x.detach() if x.requires_grad else x).numpy()
-    m, k = xa.shape
-    if m == 0:
-        return torch.empty((0, out_features), dtype=torch.float32)
     nthreads = threads if threads > 0 else torch.get_num_threads()
-    nparams = m if per_row else 1
-    q = np.empty((m, k), dtype=np.uint8)
-    a_scale = np.empty(nparams, dtype=np.float32)
-    a_zp = np.empty(nparams, dtype=np.int32)
-    if not _C.quantize_dynamic_u8(xa, bool(per_row), q, a_scale, a_zp, nthreads):
-        raise ValueError("x contains NaN or Inf; cannot quantize activations")
-    out = np.empty((m, out_features), dtype=np.float32)
-    _C.gemm(q, a_zp, packed.numpy(), out, a_scale, w_scale.numpy(),
-            None if bias is None else bias.numpy(), bool(relu), 1.0, 0, nthreads, "")
-    return torch.from_numpy(out)
+    y = _C.linear_dynamic(xa, packed.numpy(), w_scale.numpy(),
+                          None if bias is None else bias.numpy(), bool(per_row), bool(relu),
+                          nthreads)
+    return torch.from_numpy(y)
 
 
 @torch.library.custom_op("int8kit::linear_dynamic", mutates_args=(), device_types="cpu")

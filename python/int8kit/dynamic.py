@@ -83,7 +83,7 @@ class ConversionReport:
         lines.insert(1, "-" * len(lines[0]))
         lines.append(f"{len(self.converted)} converted, {len(self.skipped)} skipped; model "
                      f"weights {self.model_bytes_before:,} -> {self.model_bytes_after:,} bytes "
-                     "(packed kernel copies included)")
+                     "(in memory: packed weights, scales, bias)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -90,6 +90,27 @@ struct ConvArgs {
 void conv2d(const ConvArgs& args, int nthreads);
 void conv2d_with_isa(const ConvArgs& args, int nthreads, Isa isa);
 
+// Dynamic conv on float activations (what QuantConv2d runs): measures x's range per tensor
+// (torch.ao's MinMax rule, as quantize_dynamic_u8), quantizes x to uint8 NHWC in the same
+// pass that changes its layout, and runs conv2d with the f32 epilogue, writing y in the
+// layout asked for. Bit-identical to quantize_dynamic_u8 + layout change + conv2d.
+struct ConvDynamicArgs {
+  int64_t n = 0, h = 0, w = 0;
+  const float* x = nullptr;        // [n, C, h, w] contiguous, or [n, h, w, C] if x_nhwc
+  bool x_nhwc = false;
+  ConvView wt;
+  const float* w_scale = nullptr;  // as ConvArgs
+  int64_t w_scale_stride = 1;
+  const float* bias = nullptr;
+  bool relu = false;
+  float* y = nullptr;              // [n, OC, oh, ow] contiguous, or [n, oh, ow, OC] if y_nhwc
+  bool y_nhwc = false;
+};
+// Returns false (y unspecified) if x holds NaN or Inf; the activation parameters used go
+// to *x_scale, *x_zp.
+bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* x_scale,
+                        int32_t* x_zp);
+
 // The scalar oracle: direct loops in int64 over the plain weight w[OC, IC/G, KH, KW];
 // args.wt is ignored. The epilogue is epilogue_ref.h's.
 void conv2d_reference(const ConvArgs& args, const ConvParams& p, const int8_t* w);

@@ -3,9 +3,9 @@
 What is counted (and what is not):
 - weight_bytes: every parameter and buffer, once each. A module that defines
   `weight_bytes()` (int8kit's quantized modules) reports its own state instead: the int8
-  weight, scales, bias and the packed copy the kernels read. torch.ao quantized modules
-  keep their weights in opaque packed params: we count their int8 weight (`weight()`),
-  its per-channel scales/zero points and the float bias; fbgemm's internal prepacked copy
+  weight in the packed kernel layout (conv layers: plus an int8 copy), scales, bias.
+  torch.ao quantized modules keep their weights in opaque packed params: we count their
+  int8 weight (`weight()`), its per-channel scales/zero points and the float bias; fbgemm's internal prepacked copy
   is not visible from Python and is not counted.
 - peak RSS: torch allocates outside Python's allocator, so tracemalloc and
   resource.getrusage (lifetime only) cannot isolate one model. On Linux the kernel's

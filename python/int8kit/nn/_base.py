@@ -1,11 +1,18 @@
-"""Plumbing shared by int8kit's quantized modules (Linear now, Conv2d later).
+"""Plumbing shared by int8kit's quantized modules.
 
 A quantized module keeps three kinds of state:
-  * persistent buffers (plain int8 weight, float32 scales, float32 bias): what
-    state_dict() saves, CPU-independent;
-  * one non-persistent uint8 buffer `packed`: the kernel layout, rebuilt from the int8
-    weight whenever the weight changes (load_state_dict, unpickling), never saved;
+  * persistent buffers (float32 scales, float32 bias, ...): saved by state_dict();
+  * the weight, saved as a plain int8 `qweight` (CPU-independent) and run from one
+    non-persistent uint8 buffer `packed` in the kernel layout (never saved);
   * plain attributes for the scheme (not tensors, not saved in state_dict).
+
+Where the int8 weight lives in memory is chosen per class:
+  * `_packed_only = False`: `qweight` is also a persistent buffer and `packed` is rebuilt
+    from it (load_state_dict, unpickling): two copies of the weight in memory.
+  * `_packed_only = True`: only `packed` is kept. state_dict(), pickles and deepcopies
+    still carry a plain int8 `qweight` (unpacked on save with `_unpack()`), and loading
+    packs it again, so saved files are the same as with the buffer. The class exposes
+    `qweight` as a read-only property for inspection (see QuantLinear).
 """
 
 from __future__ import annotations
@@ -19,32 +26,89 @@ class NotConvertibleError(ValueError):
 
 
 class QuantModuleBase(nn.Module):
-    """Subclasses define _pack() -> uint8 tensor and list their float32 buffers."""
+    """Subclasses define _pack() and list their float32 buffers.
+
+    Buffered classes: _pack() -> uint8 tensor, from the `qweight` buffer.
+    Packed-only classes: _pack(w) -> uint8 tensor from the int8 weight w, _unpack() -> w,
+    and _qweight_shape() -> the weight's shape (to check what load_state_dict gets).
+    """
+
+    _packed_only: bool = False
 
     # Scales and bias feed the fused epilogue in float32: model.to(bfloat16) or .half()
     # must not round them (the activations' dtype is handled in forward).
     _float32_buffers: tuple[str, ...] = ()
 
-    def _pack(self) -> torch.Tensor:
+    def _pack(self, *w) -> torch.Tensor:
         raise NotImplementedError
 
-    def _repack(self) -> None:
-        device = self.packed.device if "packed" in self._buffers else torch.device("cpu")
-        self.register_buffer("packed", self._pack().to(device), persistent=False)
+    def _unpack(self) -> torch.Tensor:
+        raise NotImplementedError
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._repack()  # packed layout is private to this process and CPU: rebuild it
+    def _qweight_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _packed_device(self) -> torch.device:
+        return self.packed.device if "packed" in self._buffers else torch.device("cpu")
+
+    def _repack(self) -> None:
+        """Buffered classes: rebuild `packed` from the `qweight` buffer."""
+        if self._packed_only:
+            raise TypeError(f"{type(self).__name__} keeps no qweight buffer; use _set_qweight")
+        self.register_buffer("packed", self._pack().to(self._packed_device()), persistent=False)
+
+    def _set_qweight(self, w: torch.Tensor) -> None:
+        """Packed-only classes: the int8 weight w becomes the packed buffer (w not kept)."""
+        self.register_buffer("packed", self._pack(w).to(self._packed_device()), persistent=False)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self._packed_only:  # first, where the buffer used to be registered: same key order
+            destination[prefix + "qweight"] = self._unpack()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if not self._packed_only:
+            self._repack()  # packed layout is private to this process and CPU: rebuild it
+            return
+        key = prefix + "qweight"
+        if key in unexpected_keys:  # not a buffer here, but ours to read
+            unexpected_keys.remove(key)
+        w = state_dict.get(key)
+        if w is None:
+            missing_keys.append(key)
+        elif not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
+            error_msgs.append(f"qweight for {key}: expected an int8 tensor, got "
+                              f"{getattr(w, 'dtype', type(w).__name__)}")
+        elif tuple(w.shape) != tuple(self._qweight_shape()):
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                              f"{tuple(w.shape)} from checkpoint, the shape in current model "
+                              f"is {tuple(self._qweight_shape())}.")
+        else:
+            self._set_qweight(w)
 
     def __getstate__(self):
-        # Pickles (torch.save(model)) carry the int8 weight, not the CPU-specific packing.
+        # Pickles (torch.save(model), deepcopy) carry the int8 weight, not the CPU-specific
+        # packing: the same `_buffers` as a buffered module's, so old and new files load.
         state = self.__dict__.copy()
-        state["_buffers"] = {k: v for k, v in self._buffers.items() if k != "packed"}
+        state.pop("_views_cache", None)  # numpy views of this process's buffers
+        buffers = {k: v for k, v in self._buffers.items() if k != "packed"}
+        if self._packed_only:
+            buffers = {"qweight": self._unpack(), **buffers}
+        state["_buffers"] = buffers
         return state
 
     def __setstate__(self, state):
-        super().__setstate__(state)
-        self._repack()
+        if self._packed_only:
+            state = dict(state, _buffers=dict(state["_buffers"]))
+            w = state["_buffers"].pop("qweight")
+            super().__setstate__(state)
+            self._set_qweight(w)
+        else:
+            super().__setstate__(state)
+            self._repack()
 
     def _apply(self, fn, recurse=True):
         kept = {n: getattr(self, n) for n in self._float32_buffers
@@ -57,6 +121,15 @@ class QuantModuleBase(nn.Module):
         return self
 
     def weight_bytes(self, include_packed: bool = True) -> int:
-        """Bytes of weight state in memory (int8 weight, scales, bias, and the packing)."""
-        return sum(b.numel() * b.element_size() for name, b in self._buffers.items()
-                   if b is not None and (include_packed or name != "packed"))
+        """Bytes of weight state in memory: every buffer (the packed weight included).
+
+        include_packed=False: the bytes of the saved form instead, with the weight as plain
+        int8 (what state_dict() holds)."""
+        total = sum(b.numel() * b.element_size() for name, b in self._buffers.items()
+                    if b is not None and (include_packed or name != "packed"))
+        if self._packed_only and not include_packed:
+            n = 1
+            for d in self._qweight_shape():
+                n *= d
+            total += n
+        return total

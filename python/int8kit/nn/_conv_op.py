@@ -1,8 +1,8 @@
 """int8kit::conv2d_dynamic: float NCHW in, float NCHW out, int8 conv inside.
 
 The activation is quantized to uint8 per tensor (torch.ao MinMaxObserver parameters),
-laid out channels-last, convolved with the packed int8 weight with the dequantize + bias
-(+ ReLU) epilogue fused, and returned as a channels_last-strided NCHW tensor, or a
+laid out channels-last (both in one C++ pass), convolved with the packed int8 weight with
+the dequantize + bias (+ ReLU) epilogue fused, and returned as a channels_last-strided NCHW tensor, or a
 contiguous one when ``channels_last`` is False. The fake implementation states only the
 output shape and strides, so torch.compile / torch.export never touch the packed bytes.
 Eager modules call ``conv2d_dynamic_impl`` directly (the dispatcher costs microseconds).
@@ -10,7 +10,6 @@ Eager modules call ``conv2d_dynamic_impl`` directly (the dispatcher costs micros
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .. import _C
@@ -21,41 +20,33 @@ def _out_hw(h: int, w: int, p: list[int]) -> tuple[int, int]:
     return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
-def _quantize_nhwc(x: torch.Tensor, nthreads: int) -> tuple[np.ndarray, float, int]:
-    """uint8 NHWC activations with per-tensor parameters measured on x (float32 NCHW)."""
-    n, c, h, w = x.shape
-    nhwc = x.permute(0, 2, 3, 1)
-    scale = np.empty(1, np.float32)
-    zp = np.empty(1, np.int32)
-    if nhwc.is_contiguous():  # channels_last input: quantize straight into NHWC
-        src, q = nhwc.reshape(-1, c).numpy(), np.empty((n, h, w, c), np.uint8)
-        ok = _C.quantize_dynamic_u8(src, False, q.reshape(-1, c), scale, zp, nthreads)
-    else:  # NCHW: quantize in place order (4x fewer bytes to transpose afterwards)
-        src = x.contiguous().reshape(-1, w).numpy()
-        qn = np.empty(src.shape, np.uint8)
-        ok = _C.quantize_dynamic_u8(src, False, qn, scale, zp, nthreads)
-        q = torch.from_numpy(qn).reshape(n, c, h, w).permute(0, 2, 3, 1).contiguous().numpy()
-    if not ok:
-        raise ValueError("x contains NaN or Inf; cannot quantize activations")
-    return q, float(scale[0]), int(zp[0])
-
-
 def conv2d_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                         bias: torch.Tensor | None, params: list[int], relu: bool,
-                        threads: int, channels_last: bool) -> torch.Tensor:
-    """Arguments are trusted (the module checks them): x float32 [N, C, H, W]."""
+                        threads: int, channels_last: bool, isa: str = "") -> torch.Tensor:
+    """Arguments are trusted (the module checks them): x float32 [N, C, H, W].
+
+    One C++ call does the range scan, the quantize fused with the layout change, the conv
+    and the output layout (the separate passes cost more than the kernel at small sizes).
+    """
     x = x.detach()
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     oc = params[1]
     oh, ow = _out_hw(h, w, params)
     nthreads = threads if threads > 0 else torch.get_num_threads()
-    out = np.empty((n, oh, ow, oc), np.float32)
+    x_nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    xa = (x.permute(0, 2, 3, 1) if x_nhwc else x.contiguous()).numpy()
+    if channels_last:
+        y = torch.empty((n, oh, ow, oc), dtype=torch.float32)
+        out = y.permute(0, 3, 1, 2)
+    else:
+        out = y = torch.empty((n, oc, oh, ow), dtype=torch.float32)
     if n > 0:
-        q, scale, zp = _quantize_nhwc(x, nthreads)
-        _C.conv2d(q, zp, packed.numpy(), out, scale, w_scale.numpy(),
-                  None if bias is None else bias.numpy(), bool(relu), 1.0, 0, nthreads, "")
-    y = torch.from_numpy(out).permute(0, 3, 1, 2)
-    return y if channels_last else y.contiguous()
+        ok, _, _ = _C.conv2d_dynamic_f32(xa, x_nhwc, packed.numpy(), w_scale.numpy(),
+                                         None if bias is None else bias.numpy(), bool(relu),
+                                         y.numpy(), channels_last, nthreads, isa)
+        if not ok:
+            raise ValueError("x contains NaN or Inf; cannot quantize activations")
+    return out
 
 
 @torch.library.custom_op("int8kit::conv2d_dynamic", mutates_args=(), device_types="cpu")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
-from .. import ops
-from .._custom_ops import linear_dynamic, linear_dynamic_impl
+from .. import _C, ops
+from .._custom_ops import linear_dynamic
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, QuantModuleBase
 
@@ -19,6 +21,13 @@ def _choice(value, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
+
+
+def _numpy(x: torch.Tensor):
+    """A contiguous numpy view of a CPU tensor (detached: the kernels have no autograd)."""
+    if x.requires_grad:
+        x = x.detach()
+    return (x if x.is_contiguous() else x.contiguous()).numpy()
 
 
 def _use_custom_op(x: torch.Tensor) -> bool:
@@ -37,6 +46,7 @@ class QuantLinear(QuantModuleBase):
     """
 
     _float32_buffers = ("weight_scale", "bias")
+    _packed_only = True  # the int8 weight lives only in `packed` (see _base.py)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: str = "per_channel", activation: str = "per_row",
@@ -56,15 +66,46 @@ class QuantLinear(QuantModuleBase):
         self.activation_scheme = _choice(activation, "activation", ACTIVATION_SCHEMES)
         self.threads = threads
         n_scales = out_features if weight == "per_channel" else 1
-        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._repack()
+        self._set_qweight(torch.zeros(out_features, in_features, dtype=torch.int8))
 
-    def _pack(self) -> torch.Tensor:
-        if self.qweight.device.type == "meta":  # shape-only module: nothing to pack yet
+    def _pack(self, w: torch.Tensor) -> torch.Tensor:
+        if w.device.type == "meta":  # shape-only module: nothing to pack yet
             return torch.empty(0, dtype=torch.uint8, device="meta")
-        return ops.pack_weight(self.qweight.detach().cpu().contiguous()).buffer
+        return ops.pack_weight(w.detach().cpu().contiguous()).buffer
+
+    def _unpack(self) -> torch.Tensor:
+        if self.packed.device.type == "meta" or self.packed.numel() == 0:
+            return torch.empty(self._qweight_shape(), dtype=torch.int8, device=self.packed.device)
+        return ops.PackedWeight(self.packed).unpack()
+
+    def _qweight_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The int8 weight [out_features, in_features], unpacked from the kernel layout.
+
+        A fresh copy on every access (read-only: writing to it changes nothing); it is
+        what state_dict() saves under "qweight"."""
+        return self._unpack()
+
+    # Buffers the kernels read, in the order _kernel_views returns them.
+    _kernel_buffers = ("packed", "weight_scale", "bias")
+
+    def _kernel_views(self):
+        """numpy views of the _kernel_buffers, made once: tensor.numpy() costs about a
+        microsecond each per call. Rebuilt when a buffer is replaced (to(),
+        load_state_dict, repacking); in-place updates show through the views."""
+        b = self._buffers
+        cache = self.__dict__.get("_views_cache")
+        if cache is not None and all(map(operator.is_, map(b.get, self._kernel_buffers), cache[0])):
+            return cache[1]
+        key = tuple(b[n] for n in self._kernel_buffers)
+        cache = (key, tuple(None if t is None else t.numpy() for t in key))
+        self.__dict__["_views_cache"] = cache
+        return cache[1]
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, weight: str = "per_channel",
@@ -90,11 +131,10 @@ class QuantLinear(QuantModuleBase):
             raise NotConvertibleError(f"weight: {e}") from None
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   weight=weight, activation=activation, threads=threads)
-        mod.qweight.copy_(quantize(w, scale, zp, signed=True, axis=axis))
         mod.weight_scale.copy_(scale.reshape(-1))
         if linear.bias is not None:
             mod.bias.copy_(linear.bias.detach().float())
-        mod._repack()
+        mod._set_qweight(quantize(w, scale, zp, signed=True, axis=axis))
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +142,7 @@ class QuantLinear(QuantModuleBase):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in _INPUT_DTYPES:
             raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
-        if x.device.type != "cpu":
+        if not x.is_cpu:  # (x.device builds an object: 0.4 us)
             raise ValueError(f"x must be a CPU tensor (int8kit's kernels run on CPU), "
                              f"got device {x.device}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -112,9 +152,14 @@ class QuantLinear(QuantModuleBase):
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32:
             x2 = x2.float()
-        args = (x2, self.packed, self.weight_scale, self.bias, self.out_features,
-                self.activation_scheme == "per_row", False, self.threads or 0)
-        y = linear_dynamic(*args) if _use_custom_op(x) else linear_dynamic_impl(*args)
+        per_row = self.activation_scheme == "per_row"
+        if _use_custom_op(x):
+            y = linear_dynamic(x2, self.packed, self.weight_scale, self.bias,
+                               self.out_features, per_row, False, self.threads or 0)
+        else:  # eager: one fused native call (the dispatcher alone costs several us)
+            y = torch.from_numpy(_C.linear_dynamic(
+                _numpy(x2), *self._kernel_views(), per_row, False,
+                self.threads or torch.get_num_threads()))
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)
         return y if x.dtype == torch.float32 else y.to(x.dtype)

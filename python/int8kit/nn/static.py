@@ -23,7 +23,7 @@ from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError
 from .conv import QuantConv2d, _resolve_padding
-from .linear import QuantLinear
+from .linear import QuantLinear, _numpy
 
 _INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -41,17 +41,17 @@ def _quantize_fixed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     """uint8 tensor of x's shape, with the kernels' quantizer (bit-identical to gemm_u8's
     requantize epilogue); NaN/Inf raise instead of mapping silently to 0 or 255."""
     flat = x.detach().to(torch.float32).contiguous().reshape(-1)
-    if flat.numel() and not _C.minmax(flat.numpy())[2]:
-        raise ValueError("x contains NaN or Inf; cannot quantize it")
     q = torch.empty(flat.shape, dtype=torch.uint8)
-    _C.quantize_u8(flat.numpy(), float(scale.item()), int(zero_point.item()), q.numpy())
+    # One native call scans for NaN/Inf, then quantizes.
+    if not _C.quantize_u8_checked(flat.numpy(), scale.item(), zero_point.item(), q.numpy()):
+        raise ValueError("x contains NaN or Inf; cannot quantize it")
     return q.reshape(x.shape)
 
 
 def _check_out(out):
     if out is None:
         return None
-    scale, zp = (float(torch.as_tensor(v).item()) for v in out)
+    scale, zp = (float(v.item() if isinstance(v, torch.Tensor) else v) for v in out)
     if not (np.isfinite(scale) and scale > 0) or not 0 <= zp <= 255:
         raise ValueError(f"out must be (scale > 0, zero_point in [0, 255]), got {out!r}")
     return float(np.float32(1.0) / np.float32(scale)), int(zp)
@@ -118,6 +118,7 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
     scale and zero point were fixed by calibration."""
 
     _float32_buffers = QuantLinear._float32_buffers + ("input_scale",)
+    _kernel_buffers = QuantLinear._kernel_buffers + ("input_scale", "input_zero_point")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: str = "per_channel", relu: bool = False, threads: int | None = None):
@@ -137,22 +138,42 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   weight="per_channel" if per_channel else "per_tensor", relu=relu,
                   threads=threads)
-        mod.qweight.copy_(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
-                                   zp.reshape(-1) if per_channel else zp.reshape(()),
-                                   signed=True, axis=0 if per_channel else None))
+        mod._set_qweight(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
+                                  zp.reshape(-1) if per_channel else zp.reshape(()),
+                                  signed=True, axis=0 if per_channel else None))
         mod.weight_scale.copy_(scale.reshape(-1))
         if base.bias is not None:
             mod.bias.copy_(base.bias)
         mod.set_input_qparams(input_scale, input_zero_point)
-        mod._repack()
         return mod
 
-    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_x(self, x) -> None:
         _check_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape [..., {self.in_features}] (in_features), "
                              f"got {tuple(x.shape)}")
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_x(x)
         return _quantize_fixed(x, self.input_scale, self.input_zero_point)
+
+    def forward_float(self, x: torch.Tensor, out=None) -> torch.Tensor:
+        """forward_quantized(quantize_input(x), out) in one native call (bit-identical):
+        float32 [..., out_features], or uint8 requantized with out=(scale, zero_point)."""
+        self._check_x(x)
+        req = _check_out(out)
+        inv, zp = req if req is not None else (1.0, 0)
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        y = _C.linear_static(_numpy(x2), *self._kernel_views(), self.relu, req is not None,
+                             inv, zp, self.threads or torch.get_num_threads())
+        y = torch.from_numpy(y)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.forward_float(x)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def forward_quantized(self, q: torch.Tensor, out=None) -> torch.Tensor:
         """q: uint8 [..., in_features] -> float32 [..., out_features], or uint8 with out."""
@@ -165,9 +186,8 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         y = np.empty((q2.shape[0], self.out_features), dtype=dtype)
         if q2.shape[0]:
             inv, zp = req if req is not None else (1.0, 0)
-            _C.gemm(q2.numpy(), self.input_zero_point.numpy(), self.packed.numpy(), y,
-                    self.input_scale.numpy(), self.weight_scale.numpy(),
-                    None if self.bias is None else self.bias.numpy(), self.relu, inv, zp,
+            packed, w_scale, bias, in_scale, in_zp = self._kernel_views()
+            _C.gemm(q2.numpy(), in_zp, packed, y, in_scale, w_scale, bias, self.relu, inv, zp,
                     self.threads or torch.get_num_threads(), "")
         return torch.from_numpy(y).reshape(*q.shape[:-1], self.out_features)
 

@@ -1,0 +1,135 @@
+// conv2d_dynamic_f32: float activations in, float out, one C++ call. The range scan, the
+// quantize fused with the NCHW -> NHWC change, and the NHWC -> NCHW output copy used to be
+// separate numpy/torch passes around conv2d (at dw128@56 they cost more than the kernel).
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "conv_kernels.h"
+#include "kernels.h"
+#include "thread_pool.h"
+
+namespace int8kit {
+namespace {
+
+constexpr int64_t kMinElemsPerThread = int64_t(1) << 16;
+constexpr int64_t kPixBlock = 64;  // pixels per unit of the layout passes
+
+int threads_for(int64_t elems, int nthreads) {
+  return static_cast<int>(std::clamp<int64_t>(elems / kMinElemsPerThread, 1, std::max(nthreads, 1)));
+}
+
+std::pair<int64_t, int64_t> split(int64_t n, int64_t parts, int64_t i, int64_t align) {
+  return {n * i / parts / align * align, i + 1 == parts ? n : n * (i + 1) / parts / align * align};
+}
+
+// Scalar forms of the layout passes (paths without AVX-512), through a small staging tile
+// so the quantizer is the path's own (all paths' quantizers are bit-identical).
+void nchw_to_nhwc_u8_generic(const detail::KernelTable& kt, const float* x, int64_t c,
+                             int64_t hw, int64_t p0, int64_t p1, float inv, int32_t zp,
+                             uint8_t* q) {
+  std::vector<float> tile(static_cast<size_t>(c * kPixBlock));
+  for (int64_t p = p0; p < p1; p += kPixBlock) {
+    const int64_t np = std::min(kPixBlock, p1 - p);
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t i = 0; i < np; ++i) tile[i * c + ch] = x[ch * hw + p + i];
+    kt.quantize_u8(tile.data(), np * c, inv, zp, q + p * c);
+  }
+}
+
+void nhwc_to_nchw_f32_generic(const float* y, int64_t c, int64_t hw, int64_t p0, int64_t p1,
+                              float* out) {
+  for (int64_t p = p0; p < p1; p += 16)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t i = p; i < std::min(p + 16, p1); ++i) out[ch * hw + i] = y[i * c + ch];
+}
+
+// Runs fn(image, p0, p1) over all images' pixel blocks on up to nt threads.
+template <typename Fn>
+void over_pixels(int64_t n, int64_t hw, int nt, Fn fn) {
+  const int64_t per = (hw + kPixBlock - 1) / kPixBlock, units = n * per;
+  nt = static_cast<int>(std::min<int64_t>(nt, units));
+  detail::parallel_for(nt, [&](int tid) {
+    const auto [u0, u1] = split(units, nt, tid, 1);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t img = u / per, b = u % per;
+      fn(img, b * kPixBlock, std::min(hw, (b + 1) * kPixBlock));
+    }
+  });
+}
+
+}  // namespace
+
+bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* x_scale,
+                        int32_t* x_zp) {
+  const ConvParams& p = d.wt.p;
+  int64_t oh, ow;
+  conv_output_size(p, d.h, d.w, &oh, &ow);
+  if (d.n == 0) return true;
+  if (!isa_supported(isa))
+    throw std::runtime_error(std::string("kernel path '") + isa_name(isa) +
+                             "' cannot run on this CPU");
+  if (d.x == nullptr || d.y == nullptr) throw std::invalid_argument("x or y is null");
+  const detail::KernelTable& kt = detail::kernels_for(isa);
+  const bool v512 = isa == Isa::avx512_vnni;
+  const int64_t c = p.in_channels, hw = d.h * d.w, total = d.n * c * hw;
+  const int nt = threads_for(total, nthreads);
+
+  // The range: layout does not matter, one flat scan.
+  std::vector<MinMax> part(static_cast<size_t>(nt));
+  detail::parallel_for(nt, [&](int tid) {
+    const auto [b, e] = split(total, nt, tid, 64);
+    part[tid] = b < e ? kt.minmax(d.x + b, e - b) : MinMax{0.f, 0.f, true};
+  });
+  MinMax all = part[0];
+  for (const MinMax& m : part)
+    all = {std::min(all.lo, m.lo), std::max(all.hi, m.hi), all.finite && m.finite};
+  if (!all.finite) return false;
+  choose_qparams_u8(all.lo, all.hi, x_scale, x_zp);
+  const float inv = 1.f / *x_scale;
+  const int32_t zp = *x_zp;
+
+  // Per-thread scratch reused across calls: fresh multi-MB buffers cost page faults.
+  thread_local std::vector<uint8_t> qbuf;
+  thread_local std::vector<float> ybuf;
+  qbuf.resize(static_cast<size_t>(total));
+  uint8_t* q = qbuf.data();
+  if (d.x_nhwc) {
+    detail::parallel_for(nt, [&](int tid) {
+      const auto [b, e] = split(total, nt, tid, 64);
+      if (b < e) kt.quantize_u8(d.x + b, e - b, inv, zp, q + b);
+    });
+  } else {
+    over_pixels(d.n, hw, nt, [&](int64_t img, int64_t p0, int64_t p1) {
+      const float* x = d.x + img * c * hw;
+      uint8_t* qi = q + img * c * hw;
+#if INT8KIT_HAVE_X86_KERNELS
+      if (v512) return detail::nchw_to_nhwc_u8_avx512(x, c, hw, p0, p1, inv, zp, qi);
+#endif
+      nchw_to_nhwc_u8_generic(kt, x, c, hw, p0, p1, inv, zp, qi);
+    });
+  }
+
+  const int64_t oc = p.out_channels, ohw = oh * ow, ytotal = d.n * oc * ohw;
+  if (!d.y_nhwc) ybuf.resize(static_cast<size_t>(ytotal));
+  ConvArgs a;
+  a.n = d.n, a.h = d.h, a.w = d.w, a.x = q, a.x_zp = zp, a.wt = d.wt;
+  a.out = OutKind::f32, a.y = d.y_nhwc ? d.y : ybuf.data(), a.x_scale = *x_scale;
+  a.w_scale = d.w_scale, a.w_scale_stride = d.w_scale_stride, a.bias = d.bias, a.relu = d.relu;
+  conv2d_with_isa(a, nthreads, isa);
+  if (!d.y_nhwc) {
+    const float* y = ybuf.data();
+    over_pixels(d.n, ohw, threads_for(ytotal, nthreads), [&](int64_t img, int64_t p0, int64_t p1) {
+      const float* yi = y + img * oc * ohw;
+      float* out = d.y + img * oc * ohw;
+#if INT8KIT_HAVE_X86_KERNELS
+      if (v512) return detail::nhwc_to_nchw_f32_avx512(yi, oc, ohw, p0, p1, out);
+#endif
+      nhwc_to_nchw_f32_generic(yi, oc, ohw, p0, p1, out);
+    });
+  }
+  return true;
+}
+
+}  // namespace int8kit

@@ -1,0 +1,127 @@
+// pybind11 bindings for the fused float-input linear (linear.h): buffer checks, output
+// allocation, GIL release. The modules in python/int8kit/nn call these on every forward,
+// so they take numpy views the modules cache and allocate the output here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <utility>
+
+#include "int8kit/linear.h"
+
+namespace py = pybind11;
+using namespace int8kit;
+
+namespace {
+
+template <typename T>
+py::array_t<T> checked(const py::handle& obj, const char* name, int ndim) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array");
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(arr.dtype())));
+  if (arr.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
+                          std::to_string(arr.ndim()) + "-D");
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  return py::reinterpret_borrow<py::array_t<T>>(arr);
+}
+
+// x [M, K], the packed weight, per-column scales and bias, checked against each other.
+LinearArgs linear_args(const py::handle& x_obj, const py::handle& packed_obj,
+                       const py::handle& w_scale_obj, const py::handle& bias_obj, bool relu) {
+  LinearArgs a;
+  auto buf = checked<uint8_t>(packed_obj, "packed", 1);
+  a.B = view_packed(buf.data(), static_cast<size_t>(buf.shape(0)));
+  auto x = checked<float>(x_obj, "x", 2);
+  if (x.shape(1) != a.B.k)
+    throw py::value_error("x has K=" + std::to_string(x.shape(1)) +
+                          " columns but the packed weight expects K=" + std::to_string(a.B.k));
+  a.x = x.data();
+  a.M = x.shape(0);
+  auto ws = checked<float>(w_scale_obj, "w_scale", 1);
+  if (ws.shape(0) != 1 && ws.shape(0) != a.B.n)
+    throw py::value_error("w_scale must have length 1 or N=" + std::to_string(a.B.n));
+  a.w_scale = ws.data();
+  a.w_scale_stride = ws.shape(0) == 1 ? 0 : 1;
+  if (!bias_obj.is_none()) {
+    auto bias = checked<float>(bias_obj, "bias", 1);
+    if (bias.shape(0) != a.B.n) throw py::value_error("bias must have length N=" + std::to_string(a.B.n));
+    a.bias = bias.data();
+  }
+  a.relu = relu;
+  return a;
+}
+
+py::array linear_dynamic_py(const py::handle& x, const py::handle& packed,
+                            const py::handle& w_scale, const py::handle& bias, bool per_row,
+                            bool relu, int nthreads) {
+  const LinearArgs a = linear_args(x, packed, w_scale, bias, relu);
+  py::array_t<float> y({a.M, a.B.n});
+  float* yp = y.mutable_data();
+  bool finite;
+  {
+    py::gil_scoped_release nogil;
+    finite = linear_dynamic_f32(a, per_row, yp, nthreads);
+  }
+  if (!finite) throw py::value_error("x contains NaN or Inf; cannot quantize activations");
+  return std::move(y);
+}
+
+// A one-element parameter array (the modules' input_scale / input_zero_point buffers).
+template <typename T>
+T single(const py::handle& obj, const char* name) {
+  auto a = checked<T>(obj, name, 1);
+  if (a.shape(0) != 1) throw py::value_error(std::string(name) + " must have length 1");
+  return a.data()[0];
+}
+
+py::array linear_static_py(const py::handle& x, const py::handle& packed,
+                           const py::handle& w_scale, const py::handle& bias,
+                           const py::handle& in_scale_obj, const py::handle& in_zp_obj, bool relu,
+                           bool out_u8, float out_inv_scale, int32_t out_zp, int nthreads) {
+  const LinearArgs a = linear_args(x, packed, w_scale, bias, relu);
+  const float in_scale = single<float>(in_scale_obj, "in_scale");
+  const int32_t in_zp = single<int32_t>(in_zp_obj, "in_zero_point");
+  py::array y = out_u8 ? py::array(py::array_t<uint8_t>({a.M, a.B.n}))
+                       : py::array(py::array_t<float>({a.M, a.B.n}));
+  void* yp = y.mutable_data();
+  bool finite;
+  {
+    py::gil_scoped_release nogil;
+    finite = linear_static(a, in_scale, in_zp, out_u8 ? OutKind::u8 : OutKind::f32, yp,
+                           out_inv_scale, out_zp, nthreads);
+  }
+  if (!finite) throw py::value_error("x contains NaN or Inf; cannot quantize it");
+  return y;
+}
+
+}  // namespace
+
+void bind_linear(py::module_& m) {
+  m.def("linear_dynamic", &linear_dynamic_py, py::arg("x"), py::arg("packed"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("per_row"), py::arg("relu"),
+        py::arg("threads"),
+        "float32 [M, N] from float32 x [M, K]: dynamic uint8 quantization + GEMM, fused");
+  m.def("linear_static", &linear_static_py, py::arg("x"), py::arg("packed"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("in_scale"), py::arg("in_zero_point"),
+        py::arg("relu"), py::arg("out_u8"), py::arg("out_inv_scale"),
+        py::arg("out_zero_point"), py::arg("threads"),
+        "float32 (or requantized uint8) [M, N] from float32 x [M, K] with fixed input "
+        "parameters: quantization + GEMM, fused");
+  m.def("quantize_u8_checked", [](const py::handle& x_obj, float scale, int32_t zp,
+                                  const py::handle& q_obj) {
+    auto x = checked<float>(x_obj, "x", 1);
+    auto q = checked<uint8_t>(q_obj, "q", 1);
+    if (q.shape(0) != x.shape(0)) throw py::value_error("q must have x's length");
+    const float* xp = x.data();
+    uint8_t* qp = q.mutable_data();
+    const int64_t n = x.shape(0);
+    py::gil_scoped_release nogil;
+    return quantize_u8_checked(xp, n, scale, zp, qp);
+  }, "quantize_u8 after a NaN/Inf scan; False (q untouched) if x holds NaN or Inf");
+}
