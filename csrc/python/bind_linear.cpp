@@ -7,29 +7,14 @@
 #include <string>
 #include <utility>
 
+#include "checked_array.h"
 #include "int8kit/linear.h"
 
 namespace py = pybind11;
+using int8kit::bind::checked;
 using namespace int8kit;
 
 namespace {
-
-template <typename T>
-py::array_t<T> checked(const py::handle& obj, const char* name, int ndim) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(std::string(name) + " must be a numpy array");
-  py::array arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " must have dtype " +
-                         std::string(py::str(py::dtype::of<T>())) + ", got " +
-                         std::string(py::str(arr.dtype())));
-  if (arr.ndim() != ndim)
-    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
-                          std::to_string(arr.ndim()) + "-D");
-  if (!(arr.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
-  return py::reinterpret_borrow<py::array_t<T>>(arr);
-}
 
 // x [M, K], the packed weight, per-column scales and bias, checked against each other.
 LinearArgs linear_args(const py::handle& x_obj, const py::handle& packed_obj,

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "checked_array.h"
 #include "int8kit/cpu_features.h"
 #include "int8kit/gemm.h"
 #include "int8kit/isa.h"
@@ -15,37 +16,11 @@
 #include "../cpu/thread_pool.h"
 
 namespace py = pybind11;
+using int8kit::bind::checked;
+using int8kit::bind::per_index;
 using namespace int8kit;
 
 namespace {
-
-// Checks dtype, rank and C-contiguity; raises TypeError / ValueError naming the argument.
-template <typename T>
-py::array_t<T> checked(const py::handle& obj, const char* name, int ndim) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(std::string(name) + " must be a numpy array");
-  py::array arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(name) + " must have dtype " +
-                         std::string(py::str(py::dtype::of<T>())) + ", got " +
-                         std::string(py::str(arr.dtype())));
-  if (arr.ndim() != ndim)
-    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
-                          std::to_string(arr.ndim()) + "-D");
-  if (!(arr.flags() & py::array::c_style))
-    throw py::value_error(std::string(name) + " must be C-contiguous");
-  return py::reinterpret_borrow<py::array_t<T>>(arr);
-}
-
-// A per-row (or per-column) parameter: length 1 (stride 0) or `n` (stride 1).
-template <typename T>
-std::pair<const T*, int64_t> per_index(const py::handle& obj, const char* name, int64_t n) {
-  auto a = checked<T>(obj, name, 1);
-  if (a.shape(0) == 1) return {a.data(), 0};
-  if (a.shape(0) == n) return {a.data(), 1};
-  throw py::value_error(std::string(name) + " must have length 1 or " + std::to_string(n) +
-                        ", got " + std::to_string(a.shape(0)));
-}
 
 PackedView view_of(const py::handle& obj) {
   auto buf = checked<uint8_t>(obj, "packed", 1);
