@@ -98,15 +98,4 @@ void bind_linear(py::module_& m) {
         py::arg("out_zero_point"), py::arg("threads"),
         "float32 (or requantized uint8) [M, N] from float32 x [M, K] with fixed input "
         "parameters: quantization + GEMM, fused");
-  m.def("quantize_u8_checked", [](const py::handle& x_obj, float scale, int32_t zp,
-                                  const py::handle& q_obj) {
-    auto x = checked<float>(x_obj, "x", 1);
-    auto q = checked<uint8_t>(q_obj, "q", 1);
-    if (q.shape(0) != x.shape(0)) throw py::value_error("q must have x's length");
-    const float* xp = x.data();
-    uint8_t* qp = q.mutable_data();
-    const int64_t n = x.shape(0);
-    py::gil_scoped_release nogil;
-    return quantize_u8_checked(xp, n, scale, zp, qp);
-  }, "quantize_u8 after a NaN/Inf scan; False (q untouched) if x holds NaN or Inf");
 }

@@ -10,6 +10,7 @@
 #include "int8kit/cpu_features.h"
 #include "int8kit/gemm.h"
 #include "int8kit/isa.h"
+#include "int8kit/linear.h"
 #include "int8kit/pack.h"
 #include "int8kit/peak.h"
 #include "int8kit/quantize.h"
@@ -172,7 +173,8 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     return quantize_dynamic_u8(xp, M, K, K, per_row, qp, K, sp, zpp, nthreads);
   });
-  m.def("quantize_u8", [](const py::handle& x_obj, float scale, int32_t zp, const py::handle& q_obj) {
+  m.def("quantize_u8", [](const py::handle& x_obj, float scale, int32_t zp,
+                          const py::handle& q_obj, bool check_finite) {
     auto x = checked<float>(x_obj, "x", 1);
     auto q = checked<uint8_t>(q_obj, "q", 1);
     if (q.shape(0) != x.shape(0)) throw py::value_error("q must have x's length");
@@ -180,8 +182,12 @@ PYBIND11_MODULE(_C, m) {
     uint8_t* qp = q.mutable_data();
     const int64_t n = x.shape(0);
     py::gil_scoped_release nogil;
+    if (check_finite) return quantize_u8_checked(xp, n, scale, zp, qp);
     quantize_u8(xp, n, scale, zp, qp);
-  });
+    return true;
+  }, py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("q"),
+     py::arg("check_finite") = false,
+     "q = quantize(x); with check_finite, False (q untouched) if x holds NaN or Inf");
   m.def("minmax", [](const py::handle& x_obj) {
     auto x = checked<float>(x_obj, "x", 1);
     const MinMax mm = minmax_f32(x.data(), x.shape(0));

@@ -43,7 +43,7 @@ def _quantize_fixed(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     flat = x.detach().to(torch.float32).contiguous().reshape(-1)
     q = torch.empty(flat.shape, dtype=torch.uint8)
     # One native call scans for NaN/Inf, then quantizes.
-    if not _C.quantize_u8_checked(flat.numpy(), scale.item(), zero_point.item(), q.numpy()):
+    if not _C.quantize_u8(flat.numpy(), scale.item(), zero_point.item(), q.numpy(), True):
         raise ValueError("x contains NaN or Inf; cannot quantize it")
     return q.reshape(x.shape)
 
