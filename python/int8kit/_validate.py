@@ -14,13 +14,13 @@ def as_numpy(x, name: str, dtype: np.dtype, ndim: int | None = None) -> np.ndarr
     Never copies silently into another dtype: a wrong dtype is the caller's bug.
     """
     if isinstance(x, torch.Tensor):
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
-        if x.is_sparse or x.layout != torch.strided:
+        if x.layout != torch.strided:
             raise ValueError(f"{name} must be a dense (strided) tensor")
-        arr = x.detach().numpy() if x.dtype != torch.bfloat16 else None
-        if arr is None:
+        if x.dtype == torch.bfloat16:
             raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got torch.bfloat16")
+        arr = x.detach().numpy()
     elif isinstance(x, np.ndarray):
         arr = x
     else:

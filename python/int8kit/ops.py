@@ -129,18 +129,22 @@ def _packed_buffer(packed) -> np.ndarray:
 def _activations(a, a_zero_point):
     """uint8 activations as they are; int8 ones shifted by +128 (zero point too)."""
     is_torch = isinstance(a, torch.Tensor)
-    dtype = a.dtype if is_torch else getattr(a, "dtype", None)
-    signed = dtype in (torch.int8, np.dtype(np.int8))
+    signed = a.dtype == (torch.int8 if is_torch else np.int8) if hasattr(a, "dtype") else False
     arr = as_numpy(a, "a", np.int8 if signed else np.uint8, 2)
-    zp = per_index(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
     lo, hi = (-128, 127) if signed else (0, 255)
-    zmin, zmax = (zp[0], zp[0]) if zp.size == 1 else (zp.min(initial=lo), zp.max(initial=hi))
-    if zmin < lo or zmax > hi:
-        raise ValueError(f"a_zero_point must be in [{lo}, {hi}] for {arr.dtype} activations")
+    if type(a_zero_point) is int:  # the common case, without numpy reductions
+        if not lo <= a_zero_point <= hi:
+            raise ValueError(f"a_zero_point must be in [{lo}, {hi}] for {arr.dtype} activations")
+        zp = np.array([a_zero_point + (128 if signed else 0)], np.int32)
+    else:
+        zp = per_index(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
+        if zp.size and (zp.min() < lo or zp.max() > hi):
+            raise ValueError(f"a_zero_point must be in [{lo}, {hi}] for {arr.dtype} activations")
+        if signed:
+            zp = zp + np.int32(128)
     if signed:
         arr = arr.view(np.uint8) ^ np.uint8(0x80)
-        zp = zp + 128
-    return arr, zp.astype(np.int32), is_torch
+    return arr, zp, is_torch
 
 
 def _positive(v: np.ndarray, name: str) -> np.ndarray:
