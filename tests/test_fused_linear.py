@@ -67,6 +67,36 @@ def test_static_fused_equals_quantize_then_gemm(path, m, k, n):
         assert torch.equal(sl(x3), sl.forward_quantized(sl.quantize_input(x3)).to(torch.bfloat16))
 
 
+# Tall inputs take the row-block route (quantize a block of rows, then its GEMM tiles, on
+# whichever thread claimed it): K=1001 gives 24-row blocks, so M=200 makes 8 full blocks
+# and a tail of 8 rows; K*N above 1M switches to tall blocks (the weight leaves L2).
+ROW_BLOCK_SHAPES = [(200, 1001, 70), (100, 1001, 33), (2100, 1030, 1100)]
+
+
+@pytest.mark.parametrize("m,k,n", ROW_BLOCK_SHAPES)
+def test_row_block_route_equals_two_step_at_every_thread_count(path, m, k, n):
+    if path == "scalar" and m * k * n > 10**8:
+        pytest.skip("too slow on the scalar path; the route is the same on every path")
+    ql = QuantLinear.from_float(_linear(k, n))
+    x = _x(m, k)
+    with ops.use_isa(path):
+        for relu in (False, True):
+            expected = _two_step_dynamic(ql, x, True, relu)
+            for threads in (1, 2, 3):
+                y = linear_dynamic_impl(x, ql.packed, ql.weight_scale, ql.bias, n, True, relu,
+                                        threads)
+                assert torch.equal(y, expected)
+
+
+def test_row_block_route_rejects_nan_in_a_late_block():
+    ql = QuantLinear.from_float(_linear(1001, 40))
+    x = _x(400, 1001)
+    x[390, 5] = float("nan")
+    for threads in (1, 2):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            linear_dynamic_impl(x, ql.packed, ql.weight_scale, ql.bias, 40, True, False, threads)
+
+
 def test_fused_calls_reject_nan_and_inf():
     ql = QuantLinear.from_float(_linear(8, 4))
     sl = StaticQuantLinear.from_float(_linear(8, 4), 0.1, 3)

@@ -2,7 +2,8 @@
 //
 // Paths: depthwise (groups == in == out channels) -> a direct per-ISA kernel over output
 // rows. Everything else is a GEMM per group on [pixels, KH*KW*IC/G] rows: a 1x1 stride-1
-// unpadded conv reads the NHWC input in place (row stride C, group offset g*C/G); the rest
+// unpadded conv reads the NHWC input in place (row stride C, group offset g*C/G), a strided
+// 1x1 one output row at a time (row stride sw*C); the rest
 // gathers rows into a per-thread im2col tile (padding filled with the activation zero
 // point), sized to stay in L2, and runs the active GEMM path's block kernel on it.
 #include <algorithm>
@@ -124,8 +125,11 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const ConvParams& p = a.wt.p;
   const int64_t G = p.groups, c = p.in_channels, icg = c / G, ocg = p.out_channels / G;
   const int64_t k = p.kh * p.kw * icg, M = a.n * oh * ow;
-  const bool direct = p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 &&
-                      p.pad_h == 0 && p.pad_w == 0;
+  const bool pointwise = p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0;
+  const bool direct = pointwise && p.stride_h == 1 && p.stride_w == 1;
+  // A strided 1x1 conv reads one output row's pixels in place too, as rows lda = sw*C
+  // apart: one GEMM per output row, no gather.
+  const bool strided = pointwise && !direct;
   std::vector<PackedView> views(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) views[g] = a.wt.group(g);
   const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
@@ -139,7 +143,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const int64_t mt0 = direct ? 512 : std::clamp<int64_t>(kIm2colTileBytes / ldb / 8 * 8, 8, 1024);
   int64_t tiles = ceil_div(M, mt0);
   if (tiles * G >= nt) tiles = round_up(tiles * G, nt) / G;
-  const int64_t mt = round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
+  const int64_t mt = strided ? ow : round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
   tiles = ceil_div(M, mt);
   const int64_t n_units = ceil_div(views[0].n_panels, kPanelsPerUnit);
   const int64_t nsplit =
@@ -160,6 +164,10 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
       if (direct) {
         ga.A = a.x + m0 * c + g * icg;
         ga.lda = c;
+      } else if (strided) {  // tile t is output row t of the flattened (n, oh)
+        const int64_t n = t / oh, ih = (t % oh) * p.stride_h;
+        ga.A = a.x + (n * a.h + ih) * a.w * c + g * icg;
+        ga.lda = p.stride_w * c;
       } else {
         if (built != gt) {
           if (buf.size() < static_cast<size_t>(mt * ldb)) buf.resize(static_cast<size_t>(mt * ldb));
@@ -179,7 +187,10 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   });
 }
 
-void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) {
+constexpr int64_t kDwBandRows = 4;  // output rows per prep call: a few input rows, in L1/L2
+
+void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa,
+                   const detail::DwPrepFn* prep = nullptr) {
   const ConvParams& p = a.wt.p;
   std::vector<uint8_t> zprow(static_cast<size_t>(a.wt.cp + 64), static_cast<uint8_t>(a.x_zp));
   DwJob job{&a, oh, ow, zprow.data(), epilogue_args(a)};
@@ -192,7 +203,19 @@ void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa 
   const detail::DepthwiseRowsFn fn = depthwise_for(isa);
   detail::parallel_for(static_cast<int>(nt), [&](int tid) {
     const auto [r0, r1] = split(rows, nt, tid);
-    if (r0 < r1) fn(job, r0, r1);
+    if (!prep) {
+      if (r0 < r1) fn(job, r0, r1);
+      return;
+    }
+    ConvArgs la = a;  // this thread's input buffer
+    DwJob lj = job;
+    lj.a = &la;
+    for (int64_t b0 = r0; b0 < r1;) {  // bands never cross an image
+      const int64_t b1 = std::min({r1, b0 + kDwBandRows, (b0 / oh + 1) * oh});
+      la.x = (*prep)(b0, b1);
+      fn(lj, b0, b1);
+      b0 = b1;
+    }
   });
 }
 
@@ -210,6 +233,23 @@ void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
   else
     run_gemm(a, oh, ow, nthreads, isa);
 }
+
+namespace detail {
+void conv2d_depthwise_banded(const ConvArgs& a, int nthreads, Isa isa, const DwPrepFn& prep) {
+  if (a.wt.layout != ConvLayout::depthwise)
+    throw std::invalid_argument("conv2d_depthwise_banded needs a depthwise weight");
+  int64_t oh, ow;
+  ConvArgs v = a;
+  static const uint8_t kDummy = 0;
+  if (v.x == nullptr) v.x = &kDummy;  // validate() wants a pointer; prep provides the data
+  validate(v, &oh, &ow);
+  if (!isa_supported(isa))
+    throw std::runtime_error(std::string("kernel path '") + isa_name(isa) +
+                             "' cannot run on this CPU");
+  if (a.n == 0) return;
+  run_depthwise(v, oh, ow, nthreads, isa, &prep);
+}
+}  // namespace detail
 
 void conv2d(const ConvArgs& a, int nthreads) { conv2d_with_isa(a, nthreads, active_isa()); }
 

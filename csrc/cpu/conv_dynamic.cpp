@@ -2,6 +2,7 @@
 // quantize fused with the NCHW -> NHWC change, and the NHWC -> NCHW output copy used to be
 // separate numpy/torch passes around conv2d (at dw128@56 they cost more than the kernel).
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -93,31 +94,49 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   // Per-thread scratch reused across calls: fresh multi-MB buffers cost page faults.
   thread_local std::vector<uint8_t> qbuf;
   thread_local std::vector<float> ybuf;
-  qbuf.resize(static_cast<size_t>(total));
-  uint8_t* q = qbuf.data();
-  if (d.x_nhwc) {
-    detail::parallel_for(nt, [&](int tid) {
-      const auto [b, e] = split(total, nt, tid, 64);
-      if (b < e) kt.quantize_u8(d.x + b, e - b, inv, zp, q + b);
-    });
-  } else {
-    over_pixels(d.n, hw, nt, [&](int64_t img, int64_t p0, int64_t p1) {
-      const float* x = d.x + img * c * hw;
-      uint8_t* qi = q + img * c * hw;
-#if INT8KIT_HAVE_X86_KERNELS
-      if (v512) return detail::nchw_to_nhwc_u8_avx512(x, c, hw, p0, p1, inv, zp, qi);
-#endif
-      nchw_to_nhwc_u8_generic(kt, x, c, hw, p0, p1, inv, zp, qi);
-    });
-  }
-
   const int64_t oc = p.out_channels, ohw = oh * ow, ytotal = d.n * oc * ohw;
   if (!d.y_nhwc) ybuf.resize(static_cast<size_t>(ytotal));
   ConvArgs a;
-  a.n = d.n, a.h = d.h, a.w = d.w, a.x = q, a.x_zp = zp, a.wt = d.wt;
+  a.n = d.n, a.h = d.h, a.w = d.w, a.x_zp = zp, a.wt = d.wt;
   a.out = OutKind::f32, a.y = d.y_nhwc ? d.y : ybuf.data(), a.x_scale = *x_scale;
   a.w_scale = d.w_scale, a.w_scale_stride = d.w_scale_stride, a.bias = d.bias, a.relu = d.relu;
-  conv2d_with_isa(a, nthreads, isa);
+  // Quantizes pixels [p0, p1) of image img into q (NHWC, the whole tensor's layout).
+  const auto quantize_pixels = [&](int64_t img, int64_t p0, int64_t p1, uint8_t* q) {
+    uint8_t* qi = q + img * c * hw;
+    if (d.x_nhwc) return kt.quantize_u8(d.x + (img * hw + p0) * c, (p1 - p0) * c, inv, zp, qi + p0 * c);
+    const float* x = d.x + img * c * hw;
+#if INT8KIT_HAVE_X86_KERNELS
+    if (v512) return detail::nchw_to_nhwc_u8_avx512(x, c, hw, p0, p1, inv, zp, qi);
+#endif
+    nchw_to_nhwc_u8_generic(kt, x, c, hw, p0, p1, inv, zp, qi);
+  };
+
+  if (d.wt.layout == ConvLayout::depthwise) {
+    // Each thread quantizes the input rows of its output band just before the depthwise
+    // kernel reads them, into its own buffer: the uint8 tensor never goes through memory.
+    static std::atomic<uint64_t> calls{0};
+    const uint64_t id = ++calls;
+    detail::conv2d_depthwise_banded(a, nthreads, isa, [&](int64_t r0, int64_t r1) {
+      thread_local std::vector<uint8_t> band;
+      thread_local int64_t img = -1, done = 0;  // input rows [.., done) of img are in band
+      thread_local uint64_t call = 0;           // ... for this call
+      if (band.size() < static_cast<size_t>(total)) band.resize(static_cast<size_t>(total));
+      const int64_t n = r0 / oh, y0 = r0 % oh, y1 = (r1 - 1) % oh;
+      const int64_t lo = std::max<int64_t>(0, y0 * p.stride_h - p.pad_h);
+      const int64_t hi = std::min(d.h, y1 * p.stride_h - p.pad_h + (p.kh - 1) * p.dil_h + 1);
+      if (call != id || img != n || done < lo) img = n, done = lo, call = id;
+      if (done < hi) quantize_pixels(n, done * d.w, hi * d.w, band.data());
+      done = std::max(done, hi);
+      return static_cast<const uint8_t*>(band.data());
+    });
+  } else {
+    qbuf.resize(static_cast<size_t>(total));
+    over_pixels(d.n, hw, nt, [&](int64_t img, int64_t p0, int64_t p1) {
+      quantize_pixels(img, p0, p1, qbuf.data());
+    });
+    a.x = qbuf.data();
+    conv2d_with_isa(a, nthreads, isa);
+  }
   if (!d.y_nhwc) {
     const float* y = ybuf.data();
     over_pixels(d.n, ohw, threads_for(ytotal, nthreads), [&](int64_t img, int64_t p0, int64_t p1) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "int8kit/conv.h"
 #include "int8kit/gemm.h"
@@ -29,6 +30,14 @@ inline const uint8_t* dw_tap(const DwJob& j, int64_t n, int64_t ih, int64_t iw) 
 }
 
 void depthwise_rows_scalar(const DwJob&, int64_t, int64_t);
+
+// Depthwise conv2d whose input is produced band by band: before a thread computes output
+// rows [r0, r1) of one image (flattened (n, oh) index), prep(r0, r1) returns an NHWC
+// uint8 buffer laid out as args.x would be, holding at least the input rows those output
+// rows read (other rows may be garbage). Each thread calls prep from its own thread, so a
+// thread_local buffer keeps the bands private and hot in cache. args.x is not read.
+using DwPrepFn = std::function<const uint8_t*(int64_t r0, int64_t r1)>;
+void conv2d_depthwise_banded(const ConvArgs& args, int nthreads, Isa isa, const DwPrepFn& prep);
 // Layout changes for conv2d_dynamic_f32, over pixels [p0, p1) of one image of hw pixels:
 // q[p][c] = quantize(x[c][p]) (quantize_u8's formula), and out[c][p] = y[p][c].
 #if INT8KIT_HAVE_X86_KERNELS

@@ -1,10 +1,15 @@
 // Fused float-input linear: activation quantization and GEMM in one call (see linear.h).
 #include "int8kit/linear.h"
 
+#include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <vector>
 
 #include "int8kit/quantize.h"
+#include "kernels.h"
+#include "quantize_rows.h"
+#include "thread_pool.h"
 
 namespace int8kit {
 namespace {
@@ -49,6 +54,54 @@ GemmArgs gemm_args(const LinearArgs& a, const uint8_t* q, OutKind out, void* y) 
   return g;
 }
 
+// Rows per block of the fused per-row path. Small blocks (uint8 rows about 24 KB, in L1
+// when the tiles read them; outputs written a few rows at a time) while the whole weight
+// stays in L2 between blocks; when it cannot, blocks as tall as the GEMM's own row
+// blocking (~512 KB of A), so the weight is streamed from memory as rarely as before.
+int64_t rows_per_block(int64_t K, int64_t N) {
+  const int64_t small = std::max<int64_t>(16, (int64_t(24) << 10) / K / 8 * 8);
+  if (K * N <= (int64_t(1) << 20)) return small;
+  return std::max<int64_t>(small, (int64_t(512) << 10) / K / 8 * 8);
+}
+
+// Per-row dynamic linear with quantization fused into the GEMM's row loop: threads claim
+// row blocks, quantize them and run every column of those rows, so quantization is split
+// over the threads with the GEMM and its uint8 rows never leave cache. Each output row
+// depends on its own row alone, so the split does not change any result.
+bool fused_rows(const LinearArgs& a, Scratch& s, float* y, int nthreads) {
+  const detail::KernelTable& kt = detail::kernels_for(active_isa());
+  const int64_t K = a.B.k, rb = rows_per_block(K, a.B.n), nblocks = (a.M + rb - 1) / rb;
+  GemmArgs g = gemm_args(a, s.q.data(), OutKind::f32, y);
+  g.a_zp = s.zp.data();
+  g.a_zp_stride = 1;
+  g.a_scale = s.scale.data();
+  g.a_scale_stride = 1;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> finite{true};
+  const int nt = static_cast<int>(std::clamp<int64_t>(nthreads, 1, nblocks));
+  detail::parallel_for(nt, [&](int) {
+    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < nblocks;
+         b = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t m0 = b * rb, m1 = std::min(a.M, m0 + rb);
+      if (!detail::quantize_rows_u8(kt, a.x, m0, m1, K, K, s.q.data(), K, s.scale.data(),
+                                    s.zp.data())) {
+        finite.store(false, std::memory_order_relaxed);
+        return;
+      }
+      kt.gemm_block(g, m0, m1, 0, a.B.n_panels);
+    }
+  });
+  return finite.load();
+}
+
+// Enough blocks that threads share them evenly; below that (small M) the GEMM driver's
+// column split keeps every thread busy and each streams only part of the weight.
+bool use_fused_rows(const LinearArgs& a, bool per_row, int nthreads) {
+  if (!per_row) return false;
+  const int64_t blocks = a.M / rows_per_block(a.B.k, a.B.n);
+  return blocks >= 4 * std::max(1, nthreads);
+}
+
 }  // namespace
 
 bool linear_dynamic_f32(const LinearArgs& a, bool per_row, float* y, int nthreads) {
@@ -56,6 +109,7 @@ bool linear_dynamic_f32(const LinearArgs& a, bool per_row, float* y, int nthread
   if (a.M == 0) return true;
   const int64_t K = a.B.k, nparams = per_row ? a.M : 1;
   Scratch& s = scratch(a.M * K, nparams);
+  if (use_fused_rows(a, per_row, nthreads)) return fused_rows(a, s, y, nthreads);
   if (!quantize_dynamic_u8(a.x, a.M, K, K, per_row, s.q.data(), K, s.scale.data(),
                            s.zp.data(), nthreads))
     return false;

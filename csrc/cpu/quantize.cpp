@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "quantize_rows.h"
 #include "thread_pool.h"
 
 namespace int8kit {
@@ -20,6 +21,21 @@ int threads_for(int64_t elems, int nthreads, int64_t rows) {
 }
 
 }  // namespace
+
+namespace detail {
+
+bool quantize_rows_u8(const KernelTable& kt, const float* x, int64_t r0, int64_t r1, int64_t K,
+                      int64_t ldx, uint8_t* q, int64_t ldq, float* scale, int32_t* zp) {
+  for (int64_t m = r0; m < r1; ++m) {
+    const MinMax mm = kt.minmax(x + m * ldx, K);
+    if (!mm.finite) return false;
+    choose_qparams_u8(mm.lo, mm.hi, &scale[m], &zp[m]);
+    kt.quantize_u8(x + m * ldx, K, 1.f / scale[m], zp[m], q + m * ldq);
+  }
+  return true;
+}
+
+}  // namespace detail
 
 MinMax minmax_f32(const float* x, int64_t n) {
   if (n < 1) throw std::invalid_argument("cannot measure the range of an empty tensor");
@@ -43,15 +59,8 @@ bool quantize_dynamic_u8(const float* x, int64_t M, int64_t K, int64_t ldx, bool
   if (per_row) {
     detail::parallel_for(nt, [&](int tid) {
       const int64_t r0 = M * tid / nt, r1 = M * (tid + 1) / nt;
-      for (int64_t m = r0; m < r1; ++m) {
-        const MinMax mm = kt.minmax(x + m * ldx, K);
-        if (!mm.finite) {
-          finite.store(false, std::memory_order_relaxed);
-          return;
-        }
-        choose_qparams_u8(mm.lo, mm.hi, &scale[m], &zp[m]);
-        kt.quantize_u8(x + m * ldx, K, 1.f / scale[m], zp[m], q + m * ldq);
-      }
+      if (!detail::quantize_rows_u8(kt, x, r0, r1, K, ldx, q, ldq, scale, zp))
+        finite.store(false, std::memory_order_relaxed);
     });
     return finite.load();
   }
