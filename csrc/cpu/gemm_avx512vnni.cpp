@@ -45,17 +45,28 @@ inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
   return _mm512_set1_epi32(v);
 }
 
-// Corrects one 16-lane accumulator by a_zp * colsum, applies the epilogue and stores the
-// valid columns.
-inline void store_vec(const GemmArgs& g, int64_t m, int64_t n0, __m512i acc) {
+// Corrects MR accumulators of one 16-column strip by a_zp * colsum, applies the epilogue
+// and stores the valid columns. The column parameters (colsum, weight scales, bias) are
+// loaded once for the strip; the arithmetic per element is epilogue_ref.h's.
+template <int MR>
+inline void store_strip(const GemmArgs& g, int64_t m0, int64_t n0, const __m512i* acc) {
   const int64_t valid = g.B.n - n0;
   const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
   const __m512i colsum = _mm512_loadu_si512(g.B.colsum + n0);  // padded to 16, always safe
-  const __m512i zp = _mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]);
-  acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zp, colsum));
   const bool fp = g.out != OutKind::s32;
-  epi_store16(g, m * g.ldc + n0, mask, acc, fp ? epi_scale16(g, m, n0, mask) : _mm512_setzero_ps(),
-              fp ? epi_bias16(g, n0, mask) : _mm512_setzero_ps());
+  const __m512 ws = !fp ? _mm512_setzero_ps()
+                   : g.w_scale_stride == 0 ? _mm512_set1_ps(g.w_scale[0])
+                                           : _mm512_maskz_loadu_ps(mask, g.w_scale + n0);
+  const __m512 bias = fp ? epi_bias16(g, n0, mask) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    const int64_t m = m0 + i;
+    const __m512i zp = _mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]);
+    const __m512i corrected = _mm512_sub_epi32(acc[i], _mm512_mullo_epi32(zp, colsum));
+    const __m512 s = fp ? _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m * g.a_scale_stride]), ws)
+                        : _mm512_setzero_ps();
+    epi_store16(g, m * g.ldc + n0, mask, corrected, s, bias);
+  }
 }
 
 // One MR x (NP*16) output tile over the full K. The accumulators are a local array that
@@ -99,9 +110,12 @@ void tile_kernel(const Tile& t) {
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
+  for (int j = 0; j < NP; ++j) {
+    __m512i strip[MR];
 #pragma GCC unroll 8
-    for (int j = 0; j < NP; ++j) store_vec(g, t.m + i, (t.p + j) * kPanel, acc[i][j]);
+    for (int i = 0; i < MR; ++i) strip[i] = acc[i][j];
+    store_strip<MR>(g, t.m, (t.p + j) * kPanel, strip);
+  }
 }
 
 using TileFn = void (*)(const Tile&);
