@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from int8kit import _C, ops
 from int8kit import conv_ops as co
@@ -81,3 +82,28 @@ def test_module_raises_on_nan_and_keeps_layouts():
     x[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or Inf"):
         q(x)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 2, 0), (3, 1, 1), (1, 1, 0)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_threads_split_real_sizes_identically(kernel, stride, padding, channels_last):
+    """Shapes big enough that quantization and the conv really run on several threads
+    (the small shapes above run on one): same bits as one thread, and no crash. Regression:
+    worker threads once used their own empty thread_local buffer instead of the caller's."""
+    from int8kit.nn.conv import QuantConv2d
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(64, 128, kernel, stride, padding)
+    x = torch.randn(2, 64, 56, 56)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        q = QuantConv2d.from_float(conv)
+        want = q(x)
+        for n in (2, 3):
+            torch.set_num_threads(n)
+            assert torch.equal(q(x), want)
+    finally:
+        torch.set_num_threads(before)

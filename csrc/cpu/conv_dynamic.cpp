@@ -92,6 +92,7 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   const int32_t zp = *x_zp;
 
   // Per-thread scratch reused across calls: fresh multi-MB buffers cost page faults.
+  // Thread-local to the calling thread: hand workers pointers, never these names.
   thread_local std::vector<uint8_t> qbuf;
   thread_local std::vector<float> ybuf;
   const int64_t oc = p.out_channels, ohw = oh * ow, ytotal = d.n * oc * ohw;
@@ -131,10 +132,13 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
     });
   } else {
     qbuf.resize(static_cast<size_t>(total));
+    // The pointer is taken here: inside the workers, `qbuf` would name their own
+    // (empty) thread_local copy, not this thread's.
+    uint8_t* const q = qbuf.data();
     over_pixels(d.n, hw, nt, [&](int64_t img, int64_t p0, int64_t p1) {
-      quantize_pixels(img, p0, p1, qbuf.data());
+      quantize_pixels(img, p0, p1, q);
     });
-    a.x = qbuf.data();
+    a.x = q;
     conv2d_with_isa(a, nthreads, isa);
   }
   if (!d.y_nhwc) {
