@@ -182,11 +182,212 @@ RowBlockFn row_block_for(const GemmArgs& e) {
   return row_block<OutKind::s32, false>;
 }
 
+
+// ---- 3x3, stride 1, dilation 1: a whole kernel column per vpdpbusd. ----
+// For each input column (padding included) and 64-channel block, the bytes of input rows
+// y-1, y, y+1 and a zero are interleaved into one dword per channel (8 unpacks); the
+// weights hold taps (0,kw) (1,kw) (2,kw) and a zero byte likewise, so output pixel x needs
+// 3 vpdpbusd per 16 channels (built columns x, x+1, x+2). The unpacks scramble channels:
+// vector v, dword 4L+k holds channel 16L+4v+k. Accumulators stay in that order; the u8
+// epilogue runs in it (vpackus restores channel order), the others transpose first.
+
+// The 4x4 transpose of 128-bit chunks (an involution): scrambled <-> channel order.
+inline void xpose128(const __m512i* in, __m512i* out) {
+  const __m512i t0 = _mm512_shuffle_i32x4(in[0], in[1], 0x44);  // a0 a1 b0 b1
+  const __m512i t1 = _mm512_shuffle_i32x4(in[0], in[1], 0xEE);  // a2 a3 b2 b3
+  const __m512i t2 = _mm512_shuffle_i32x4(in[2], in[3], 0x44);  // c0 c1 d0 d1
+  const __m512i t3 = _mm512_shuffle_i32x4(in[2], in[3], 0xEE);  // c2 c3 d2 d3
+  out[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);  // a0 b0 c0 d0
+  out[1] = _mm512_shuffle_i32x4(t0, t2, 0xDD);  // a1 b1 c1 d1
+  out[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);  // a2 b2 c2 d2
+  out[3] = _mm512_shuffle_i32x4(t1, t3, 0xDD);  // a3 b3 c3 d3
+}
+
+// Epilogue inputs for a block in scrambled order (u8 path).
+struct BlockEpiS {
+  __m512i zpcs[4];
+  __m512 s[4], bias[4];
+};
+
+inline void scramble_epi(const BlockEpi& be, BlockEpiS* bs) {
+  xpose128(be.zpcs, bs->zpcs);
+  __m512i t[4], u[4];
+  for (int v = 0; v < 4; ++v) t[v] = _mm512_castps_si512(be.s[v]);
+  xpose128(t, u);
+  for (int v = 0; v < 4; ++v) bs->s[v] = _mm512_castsi512_ps(u[v]);
+  for (int v = 0; v < 4; ++v) t[v] = _mm512_castps_si512(be.bias[v]);
+  xpose128(t, u);
+  for (int v = 0; v < 4; ++v) bs->bias[v] = _mm512_castsi512_ps(u[v]);
+}
+
+// Builds the 4 interleaved vectors of one column from its 3 row pointers.
+template <bool FULL>
+inline void build_col(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, __mmask64 lmask,
+                      __m512i* dst) {
+  const __m512i a = FULL ? _mm512_loadu_si512(r0) : _mm512_maskz_loadu_epi8(lmask, r0);
+  const __m512i b = FULL ? _mm512_loadu_si512(r1) : _mm512_maskz_loadu_epi8(lmask, r1);
+  const __m512i c = FULL ? _mm512_loadu_si512(r2) : _mm512_maskz_loadu_epi8(lmask, r2);
+  const __m512i z = _mm512_setzero_si512();
+  const __m512i ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b);
+  const __m512i czlo = _mm512_unpacklo_epi8(c, z), czhi = _mm512_unpackhi_epi8(c, z);
+  _mm512_store_si512(dst + 0, _mm512_unpacklo_epi16(ablo, czlo));
+  _mm512_store_si512(dst + 1, _mm512_unpackhi_epi16(ablo, czlo));
+  _mm512_store_si512(dst + 2, _mm512_unpacklo_epi16(abhi, czhi));
+  _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, czhi));
+}
+
+template <OutKind OUT, bool RELU>
+__attribute__((always_inline)) inline void finish3(const GemmArgs& e, const BlockEpi& be,
+                                                   const BlockEpiS& bs, __mmask64 lmask,
+                                                   int64_t off, const __m512i* acc) {
+  if constexpr (OUT == OutKind::u8) {
+    __m512i q[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {  // epi_store16_t's u8 arithmetic, lane for lane
+      __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[v], bs.zpcs[v])),
+                                 bs.s[v], bs.bias[v]);
+      if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
+      __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(e.out_inv_scale),
+                                 _mm512_set1_ps(static_cast<float>(e.out_zp)));
+      t = _mm512_max_ps(t, _mm512_setzero_ps());
+      t = _mm512_min_ps(t, _mm512_set1_ps(255.f));
+      q[v] = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    // q in [0, 255]: the saturating packs are exact; lane L -> channels 16L .. 16L+15.
+    const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
+                                          _mm512_packus_epi32(q[2], q[3]));
+    _mm512_mask_storeu_epi8(static_cast<uint8_t*>(e.C) + off, lmask, p);
+  } else {
+    __m512i out[4];
+    xpose128(acc, out);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      if (!be.m[v]) break;
+      epi_store16_t<OUT, RELU>(e, off + 16 * v, be.m[v], _mm512_sub_epi32(out[v], be.zpcs[v]),
+                               be.s[v], be.bias[v]);
+    }
+  }
+}
+
+// PX output pixels from built columns col[0 .. PX+2).
+template <int PX, OutKind OUT, bool RELU>
+__attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
+                                       const BlockEpiS& bs, const __m512i* col,
+                                       const __m512i* w, __mmask64 lmask, int64_t off,
+                                       int64_t C) {
+  __m512i acc[PX][4];
+#pragma GCC unroll 8
+  for (int i = 0; i < PX; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      const __m512i wv = _mm512_load_si512(w + kw * 4 + v);
+#pragma GCC unroll 8
+      for (int i = 0; i < PX; ++i) dpbusd(acc[i][v], _mm512_load_si512(col + (i + kw) * 4 + v), wv);
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < PX; ++i) finish3<OUT, RELU>(e, be, bs, lmask, off + i * C, acc[i]);
+}
+
+// One output row, one block: builds ow + 2 columns, then the pixels.
+template <OutKind OUT, bool RELU>
+__attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
+                                          const __m512i* wpk, __m512i* cols) {
+  const ConvArgs& a = *j.a;
+  const ConvParams& p = a.wt.p;
+  const GemmArgs& e = j.epi;
+  const int64_t C = p.in_channels;
+  const int64_t n = r / j.oh, y = r % j.oh;
+  const int64_t c0 = b * kDwBlock, left = C - c0;
+  const __mmask64 lmask = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
+  BlockEpi be;
+  load_block_epi(e, a.x_zp, c0, left, &be);
+  BlockEpiS bs;
+  if constexpr (OUT == OutKind::u8) scramble_epi(be, &bs);
+  const int64_t ncol = j.ow + 2;
+  const uint8_t* rp[3];
+  int64_t rs[3];
+  for (int k = 0; k < 3; ++k) {
+    const int64_t ih = y - p.pad_h + k;
+    const bool in = ih >= 0 && ih < a.h;
+    rp[k] = in ? dw_tap(j, n, ih, 0) + c0 : j.zprow + c0;
+    rs[k] = in ? C : 0;
+  }
+  const uint8_t* zp = j.zprow + c0;
+  for (int64_t cc = 0; cc < ncol; ++cc) {
+    const int64_t ix = cc - p.pad_w;
+    const bool in = ix >= 0 && ix < a.w;
+    const uint8_t* q0 = in ? rp[0] + ix * rs[0] : zp;
+    const uint8_t* q1 = in ? rp[1] + ix * rs[1] : zp;
+    const uint8_t* q2 = in ? rp[2] + ix * rs[2] : zp;
+    if (left >= 64)
+      build_col<true>(q0, q1, q2, lmask, cols + cc * 4);
+    else
+      build_col<false>(q0, q1, q2, lmask, cols + cc * 4);
+  }
+  const __m512i* w = wpk + b * 12;
+  const int64_t row_off = r * j.ow * C + c0;
+  int64_t x = 0;
+  for (; x + kPx <= j.ow; x += kPx)
+    pixels3<kPx, OUT, RELU>(e, be, bs, cols + x * 4, w, lmask, row_off + x * C, C);
+  for (; x < j.ow; ++x)
+    pixels3<1, OUT, RELU>(e, be, bs, cols + x * 4, w, lmask, row_off + x * C, C);
+}
+
+using RowBlock3Fn = void (*)(const DwJob&, int64_t, int64_t, const __m512i*, __m512i*);
+
+RowBlock3Fn row_block3_for(const GemmArgs& e) {
+  switch (e.out) {
+    case OutKind::s32: return row_block3<OutKind::s32, false>;
+    case OutKind::f32: return e.relu ? row_block3<OutKind::f32, true> : row_block3<OutKind::f32, false>;
+    case OutKind::u8: return e.relu ? row_block3<OutKind::u8, true> : row_block3<OutKind::u8, false>;
+  }
+  return row_block3<OutKind::s32, false>;
+}
+
+// Weights of block b, column kw, vector v: dword 4L+k = channel c0+16L+4v+k, bytes
+// (w[0][kw], w[1][kw], w[2][kw], 0) of that channel (dw_plain is zero past C).
+void pack_w3(const ConvView& wt, __m512i* out) {
+  const int64_t blocks = wt.cp / kDwBlock;
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int kw = 0; kw < 3; ++kw)
+      for (int v = 0; v < 4; ++v) {
+        alignas(64) int8_t buf[64];
+        for (int L = 0; L < 4; ++L)
+          for (int k = 0; k < 4; ++k) {
+            const int64_t c = b * kDwBlock + 16 * L + 4 * v + k;
+            int8_t* d = buf + 4 * (4 * L + k);
+            for (int kh = 0; kh < 3; ++kh) d[kh] = wt.dw_plain[(kh * 3 + kw) * wt.cp + c];
+            d[3] = 0;
+          }
+        out[(b * 3 + kw) * 4 + v] = _mm512_load_si512(buf);
+      }
+}
+
+void depthwise3x3s1_rows(const DwJob& j, int64_t r0, int64_t r1) {
+  const ConvView& wt = j.a->wt;
+  const int64_t blocks = wt.cp / kDwBlock;
+  struct alignas(64) Z { int8_t b[64]; };
+  std::vector<Z> wbuf(static_cast<size_t>(blocks * 12)), cbuf(static_cast<size_t>((j.ow + 2) * 4));
+  __m512i* wpk = reinterpret_cast<__m512i*>(wbuf.data());
+  __m512i* cols = reinterpret_cast<__m512i*>(cbuf.data());
+  pack_w3(wt, wpk);
+  const RowBlock3Fn fn = row_block3_for(j.epi);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, wpk, cols);
+}
+
 }  // namespace
 
 void depthwise_rows_avx512vnni(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
+  if (p.kh == 3 && p.kw == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 &&
+      p.dil_w == 1)
+    return depthwise3x3s1_rows(j, r0, r1);
   const int64_t taps = p.kh * p.kw, blocks = a.wt.cp / kDwBlock;
   RowScratch rs{std::vector<const uint8_t*>(static_cast<size_t>(taps)),
                 std::vector<int64_t>(static_cast<size_t>(taps))};
