@@ -70,23 +70,6 @@ void validate(const ConvArgs& a, int64_t* oh, int64_t* ow) {
     throw std::invalid_argument("output zero point must be in [0, 255]");
 }
 
-// The epilogue in GemmArgs form, for the whole output (group offsets are added later).
-GemmArgs epilogue_args(const ConvArgs& a) {
-  GemmArgs g;
-  g.a_zp = &a.x_zp;
-  g.a_scale = &a.x_scale;
-  g.w_scale = a.w_scale;
-  g.w_scale_stride = a.w_scale_stride;
-  g.bias = a.bias;
-  g.relu = a.relu;
-  g.out = a.out;
-  g.out_inv_scale = a.out_inv_scale;
-  g.out_zp = a.out_zp;
-  g.C = a.y;
-  g.ldc = a.wt.p.out_channels;
-  return g;
-}
-
 size_t out_elem_size(OutKind k) { return k == OutKind::u8 ? 1 : 4; }
 
 // Gathers the im2col rows [m0, m1) of group g into buf (row stride ldb).
@@ -133,7 +116,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   std::vector<PackedView> views(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) views[g] = a.wt.group(g);
   const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
-  const GemmArgs base = epilogue_args(a);
+  const GemmArgs base = detail::conv_epilogue_args(a, a.wt.p.out_channels);
   const int64_t ldb = round_up(k, 64);
 
   const int64_t macs = M * k * p.out_channels;
@@ -193,7 +176,7 @@ void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa 
                    const detail::DwPrepFn* prep = nullptr) {
   const ConvParams& p = a.wt.p;
   std::vector<uint8_t> zprow(static_cast<size_t>(a.wt.cp + 64), static_cast<uint8_t>(a.x_zp));
-  DwJob job{&a, oh, ow, zprow.data(), epilogue_args(a)};
+  DwJob job{&a, oh, ow, zprow.data(), detail::conv_epilogue_args(a, a.wt.p.out_channels)};
   job.epi.B.colsum = a.wt.dw_colsum;
   job.epi.B.n = p.in_channels;
   const int64_t rows = a.n * oh;
@@ -235,6 +218,22 @@ void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
 }
 
 namespace detail {
+
+GemmArgs conv_epilogue_args(const ConvArgs& a, int64_t out_channels) {
+  GemmArgs g;
+  g.a_zp = &a.x_zp;
+  g.a_scale = &a.x_scale;
+  g.w_scale = a.w_scale;
+  g.w_scale_stride = a.w_scale_stride;
+  g.bias = a.bias;
+  g.relu = a.relu;
+  g.out = a.out;
+  g.out_inv_scale = a.out_inv_scale;
+  g.out_zp = a.out_zp;
+  g.C = a.y;
+  g.ldc = out_channels;
+  return g;
+}
 void conv2d_depthwise_banded(const ConvArgs& a, int nthreads, Isa isa, const DwPrepFn& prep) {
   if (a.wt.layout != ConvLayout::depthwise)
     throw std::invalid_argument("conv2d_depthwise_banded needs a depthwise weight");

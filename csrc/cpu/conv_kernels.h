@@ -9,6 +9,10 @@
 
 namespace int8kit::detail {
 
+// The conv epilogue in GemmArgs form, for the whole NHWC output (row stride out_channels;
+// group offsets are added by the caller). Shared by the fast paths and the scalar oracle.
+GemmArgs conv_epilogue_args(const ConvArgs& a, int64_t out_channels);
+
 // One depthwise call, validated. `epi` carries the epilogue in GemmArgs form (per-tensor
 // activation parameters, B.colsum = per-channel tap sums, B.n = channels, C = y, ldc = C)
 // so the scalar epilogue of epilogue_ref.h applies unchanged.

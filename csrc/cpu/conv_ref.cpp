@@ -11,18 +11,7 @@ void conv2d_reference(const ConvArgs& a, const ConvParams& p, const int8_t* w) {
   int64_t oh, ow;
   conv_output_size(p, a.h, a.w, &oh, &ow);
   const int64_t icg = p.in_channels / p.groups, ocg = p.out_channels / p.groups;
-  GemmArgs epi;
-  epi.a_zp = &a.x_zp;
-  epi.a_scale = &a.x_scale;
-  epi.w_scale = a.w_scale;
-  epi.w_scale_stride = a.w_scale_stride;
-  epi.bias = a.bias;
-  epi.relu = a.relu;
-  epi.out = a.out;
-  epi.out_inv_scale = a.out_inv_scale;
-  epi.out_zp = a.out_zp;
-  epi.C = a.y;
-  epi.ldc = p.out_channels;
+  const GemmArgs epi = detail::conv_epilogue_args(a, p.out_channels);
   for (int64_t n = 0; n < a.n; ++n)
     for (int64_t y = 0; y < oh; ++y)
       for (int64_t x = 0; x < ow; ++x) {
