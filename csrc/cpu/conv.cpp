@@ -104,6 +104,50 @@ void im2col(const ConvArgs& a, int64_t oh, int64_t ow, int64_t g, int64_t m0, in
   }
 }
 
+// The K runs of an implicit GEMM over an input padded to wp columns: one per kernel row
+// when its kw taps are adjacent NHWC bytes (one group, no horizontal dilation), else one
+// per tap. Empty when a run is not whole groups of 4 bytes (such convs use im2col).
+std::vector<int64_t> implicit_runs(const ConvParams& p, int64_t wp, int64_t* run_len) {
+  const int64_t c = p.in_channels, icg = c / p.groups;
+  std::vector<int64_t> off;
+  if (p.groups == 1 && p.dil_w == 1 && (p.kw * c) % kKGroup == 0) {
+    for (int64_t kh = 0; kh < p.kh; ++kh) off.push_back(kh * p.dil_h * wp * c);
+    *run_len = p.kw * c;
+  } else if (icg % kKGroup == 0) {
+    for (int64_t kh = 0; kh < p.kh; ++kh)
+      for (int64_t kw = 0; kw < p.kw; ++kw) off.push_back((kh * p.dil_h * wp + kw * p.dil_w) * c);
+    *run_len = icg;
+  }
+  return off;
+}
+
+// x with its padding written out as the zero point, so that every tap of every output
+// pixel is a fixed offset from the pixel's top-left input corner.
+const uint8_t* padded_input(const ConvArgs& a, int64_t hp, int64_t wp, int nthreads,
+                            std::vector<uint8_t>& buf) {
+  const ConvParams& p = a.wt.p;
+  if (hp == a.h && wp == a.w) return a.x;
+  const int64_t c = p.in_channels, rows = a.n * hp;
+  buf.resize(static_cast<size_t>(rows * wp * c));
+  const uint8_t zp = static_cast<uint8_t>(a.x_zp);
+  const int nt = static_cast<int>(std::clamp<int64_t>(rows * wp * c >> 18, 1, nthreads));
+  detail::parallel_for(nt, [&](int tid) {
+    const auto [r0, r1] = split(rows, nt, tid);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / hp, ih = r % hp - p.pad_h;
+      uint8_t* dst = buf.data() + r * wp * c;
+      if (ih < 0 || ih >= a.h) {
+        std::memset(dst, zp, static_cast<size_t>(wp * c));
+        continue;
+      }
+      std::memset(dst, zp, static_cast<size_t>(p.pad_w * c));
+      std::memcpy(dst + p.pad_w * c, a.x + (n * a.h + ih) * a.w * c, static_cast<size_t>(a.w * c));
+      std::memset(dst + (p.pad_w + a.w) * c, zp, static_cast<size_t>((wp - a.w - p.pad_w) * c));
+    }
+  });
+  return buf.data();
+}
+
 void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) {
   const ConvParams& p = a.wt.p;
   const int64_t G = p.groups, c = p.in_channels, icg = c / G, ocg = p.out_channels / G;
@@ -113,6 +157,16 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   // A strided 1x1 conv reads one output row's pixels in place too, as rows lda = sw*C
   // apart: one GEMM per output row, no gather.
   const bool strided = pointwise && !direct;
+  // Implicit GEMM where the path has one: activation rows are read in place from a padded
+  // copy of x (im2col would copy every input byte KH*KW times).
+  const detail::GemmGatherBlockFn gather = detail::kernels_for(isa).gemm_gather_block;
+  const int64_t hp = a.h + 2 * p.pad_h, wp = a.w + 2 * p.pad_w;
+  int64_t run_len = 0;
+  const std::vector<int64_t> runs =
+      gather && !pointwise ? implicit_runs(p, wp, &run_len) : std::vector<int64_t>{};
+  const bool implicit = !runs.empty();
+  thread_local std::vector<uint8_t> padded_buf;
+  const uint8_t* xp = implicit ? padded_input(a, hp, wp, nthreads, padded_buf) : nullptr;
   std::vector<PackedView> views(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) views[g] = a.wt.group(g);
   const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
@@ -123,7 +177,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(nthreads, macs / kMinMacsPerThread));
   // Row tiles: cache-sized im2col buffers, a multiple of nt of them when there are enough
   // rows; with few rows, each tile's columns are split instead.
-  const int64_t mt0 = direct ? 512 : std::clamp<int64_t>(kIm2colTileBytes / ldb / 8 * 8, 8, 1024);
+  const int64_t mt0 = direct || implicit ? 512 : std::clamp<int64_t>(kIm2colTileBytes / ldb / 8 * 8, 8, 1024);
   int64_t tiles = ceil_div(M, mt0);
   if (tiles * G >= nt) tiles = round_up(tiles * G, nt) / G;
   const int64_t mt = strided ? ow : round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
@@ -135,7 +189,8 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const size_t esz = out_elem_size(a.out);
 
   detail::parallel_for(static_cast<int>(std::min<int64_t>(nt, units)), [&](int tid) {
-    thread_local std::vector<uint8_t> buf;
+    thread_local std::vector<uint8_t> buf;           // this worker's im2col rows
+    thread_local std::vector<const uint8_t*> rowptr;  // or its implicit-GEMM row starts
     const auto [u0, u1] = split(units, std::min<int64_t>(nt, units), tid);
     int64_t built = -1;  // (g, tile) key of the im2col rows now in buf
     for (int64_t u = u0; u < u1; ++u) {
@@ -151,6 +206,13 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
         const int64_t n = t / oh, ih = (t % oh) * p.stride_h;
         ga.A = a.x + (n * a.h + ih) * a.w * c + g * icg;
         ga.lda = p.stride_w * c;
+      } else if (implicit) {
+        rowptr.resize(static_cast<size_t>(ga.M));
+        int64_t n = m0 / (oh * ow), y = m0 % (oh * ow) / ow, x = m0 % ow;
+        for (int64_t m = m0; m < m1; ++m) {  // (n, y, x) of output pixel m, stepped
+          rowptr[m - m0] = xp + ((n * hp + y * p.stride_h) * wp + x * p.stride_w) * c + g * icg;
+          if (++x == ow) x = 0, y = y + 1 == oh ? (++n, 0) : y + 1;
+        }
       } else {
         if (built != gt) {
           if (buf.size() < static_cast<size_t>(mt * ldb)) buf.resize(static_cast<size_t>(mt * ldb));
@@ -165,7 +227,13 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
       if (ga.bias) ga.bias = a.bias + g * ocg;
       const auto [v0, v1] = split(n_units, nsplit, s);
       const int64_t p0 = v0 * kPanelsPerUnit, p1 = std::min(v1 * kPanelsPerUnit, ga.B.n_panels);
-      if (p0 < p1) block(ga, 0, ga.M, p0, p1);
+      if (p0 >= p1) continue;
+      if (implicit)
+        gather(ga, detail::GatheredA{rowptr.data(), runs.data(), static_cast<int64_t>(runs.size()),
+                                     run_len},
+               0, ga.M, p0, p1);
+      else
+        block(ga, 0, ga.M, p0, p1);
     }
   });
 }
@@ -218,6 +286,14 @@ void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
 }
 
 namespace detail {
+
+bool conv_uses_implicit_gemm(const ConvParams& p, Isa isa) {
+  if (conv_is_depthwise(p) || (p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0) ||
+      kernels_for(isa).gemm_gather_block == nullptr)
+    return false;
+  int64_t run_len = 0;
+  return !implicit_runs(p, 1, &run_len).empty();
+}
 
 GemmArgs conv_epilogue_args(const ConvArgs& a, int64_t out_channels) {
   GemmArgs g;

@@ -3,6 +3,7 @@
 // separate numpy/torch passes around conv2d (at dw128@56 they cost more than the kernel).
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -101,9 +102,8 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   a.n = d.n, a.h = d.h, a.w = d.w, a.x_zp = zp, a.wt = d.wt;
   a.out = OutKind::f32, a.y = d.y_nhwc ? d.y : ybuf.data(), a.x_scale = *x_scale;
   a.w_scale = d.w_scale, a.w_scale_stride = d.w_scale_stride, a.bias = d.bias, a.relu = d.relu;
-  // Quantizes pixels [p0, p1) of image img into q (NHWC, the whole tensor's layout).
-  const auto quantize_pixels = [&](int64_t img, int64_t p0, int64_t p1, uint8_t* q) {
-    uint8_t* qi = q + img * c * hw;
+  // Quantizes pixels [p0, p1) of image img to NHWC: pixel p goes to qi + p * c.
+  const auto quantize_pixels = [&](int64_t img, int64_t p0, int64_t p1, uint8_t* qi) {
     if (d.x_nhwc) return kt.quantize_u8(d.x + (img * hw + p0) * c, (p1 - p0) * c, inv, zp, qi + p0 * c);
     const float* x = d.x + img * c * hw;
 #if INT8KIT_HAVE_X86_KERNELS
@@ -126,17 +126,44 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
       const int64_t lo = std::max<int64_t>(0, y0 * p.stride_h - p.pad_h);
       const int64_t hi = std::min(d.h, y1 * p.stride_h - p.pad_h + (p.kh - 1) * p.dil_h + 1);
       if (call != id || img != n || done < lo) img = n, done = lo, call = id;
-      if (done < hi) quantize_pixels(n, done * d.w, hi * d.w, band.data());
+      if (done < hi) quantize_pixels(n, done * d.w, hi * d.w, band.data() + n * c * hw);
       done = std::max(done, hi);
       return static_cast<const uint8_t*>(band.data());
     });
+  } else if ((p.pad_h || p.pad_w) && detail::conv_uses_implicit_gemm(p, isa)) {
+    // The implicit GEMM reads a padded input: quantize straight into one, border = zp,
+    // and run the conv on it with no padding (the same sums).
+    const int64_t hp = d.h + 2 * p.pad_h, wp = d.w + 2 * p.pad_w;
+    qbuf.resize(static_cast<size_t>(d.n * hp * wp * c));
+    uint8_t* const q = qbuf.data();
+    const int64_t rows = d.n * hp;
+    const int nq = static_cast<int>(std::min<int64_t>(nt, rows));
+    detail::parallel_for(nq, [&](int tid) {
+      const auto [r0, r1] = split(rows, nq, tid, 1);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t img = r / hp, y = r % hp - p.pad_h;
+        uint8_t* row = q + r * wp * c;
+        if (y < 0 || y >= d.h) {
+          std::memset(row, zp, static_cast<size_t>(wp * c));
+          continue;
+        }
+        std::memset(row, zp, static_cast<size_t>(p.pad_w * c));
+        std::memset(row + (p.pad_w + d.w) * c, zp, static_cast<size_t>((wp - d.w - p.pad_w) * c));
+        // Pixel (y, x) goes to column pad_w + x of padded row r. The base pointer stays
+        // inside the image's padded buffer, since wp >= w.
+        quantize_pixels(img, y * d.w, (y + 1) * d.w, row + (p.pad_w - y * d.w) * c);
+      }
+    });
+    a.x = q, a.h = hp, a.w = wp;
+    a.wt.p.pad_h = a.wt.p.pad_w = 0;
+    conv2d_with_isa(a, nthreads, isa);
   } else {
     qbuf.resize(static_cast<size_t>(total));
     // The pointer is taken here: inside the workers, `qbuf` would name their own
     // (empty) thread_local copy, not this thread's.
     uint8_t* const q = qbuf.data();
     over_pixels(d.n, hw, nt, [&](int64_t img, int64_t p0, int64_t p1) {
-      quantize_pixels(img, p0, p1, q);
+      quantize_pixels(img, p0, p1, q + img * c * hw);
     });
     a.x = q;
     conv2d_with_isa(a, nthreads, isa);

@@ -26,6 +26,11 @@ struct DwJob {
 // Computes output rows [r0, r1) of the flattened (n, oh) index.
 using DepthwiseRowsFn = void (*)(const DwJob& job, int64_t r0, int64_t r1);
 
+// True when conv2d runs p as an implicit GEMM on this path, reading a copy of x with the
+// padding written out. A caller that already holds x in that form (border = x_zp) can pass
+// it as an (h + 2*pad_h) x (w + 2*pad_w) input with the view's padding set to 0.
+bool conv_uses_implicit_gemm(const ConvParams& p, Isa isa);
+
 // Start of the input pixel a tap reads, or zprow when the tap falls in the padding.
 inline const uint8_t* dw_tap(const DwJob& j, int64_t n, int64_t ih, int64_t iw) {
   const ConvArgs& a = *j.a;

@@ -29,8 +29,9 @@ inline void dpbusd(__m512i& acc, __m512i a, __m512i w) {
 
 struct Tile {
   const GemmArgs& g;
-  int64_t m;  // first row
-  int64_t p;  // first panel
+  const GatheredA* gather;  // null: A rows are g.lda apart
+  int64_t m;                // first row
+  int64_t p;                // first panel
 };
 
 // Loads the 4 activation bytes of k-group `grp` of a row, reading no byte past K.
@@ -69,53 +70,82 @@ inline void store_strip(const GemmArgs& g, int64_t m0, int64_t n0, const __m512i
   }
 }
 
-// One MR x (NP*16) output tile over the full K. The accumulators are a local array that
-// every loop indexes with constants (all unrolled), so GCC keeps it in registers.
+// acc[i][j] += the products of `groups` k-groups: row i's 4 bytes of group grp at
+// row[i] + 4*grp, panel j's weights at b + j*stride + 64*grp. Every loop but the k-group
+// loop is unrolled with constant indices, so GCC keeps acc and row in registers.
 template <int MR, int NP>
-void tile_kernel(const Tile& t) {
-  const GemmArgs& g = t.g;
-  const int64_t full_groups = g.B.k / kKGroup;
-  const int64_t stride = g.B.panel_bytes();
-  const int8_t* b = g.B.panel(t.p);
-  const uint8_t* a = g.A + t.m * g.lda;
-  const int64_t lda = g.lda;
-  __m512i acc[MR][NP];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
-
-  for (int64_t grp = 0; grp < full_groups; ++grp) {
+inline void accumulate(__m512i (&acc)[MR][NP], const uint8_t* const (&row)[MR],
+                       const int8_t* b, int64_t stride, int64_t groups) {
+  for (int64_t grp = 0; grp < groups; ++grp) {
     __m512i w[NP];
 #pragma GCC unroll 8
     for (int j = 0; j < NP; ++j) w[j] = _mm512_loadu_si512(b + j * stride + grp * 64);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       int32_t v;
-      std::memcpy(&v, a + i * lda + grp * kKGroup, sizeof(v));
+      std::memcpy(&v, row[i] + grp * kKGroup, sizeof(v));
       const __m512i av = _mm512_set1_epi32(v);
 #pragma GCC unroll 8
       for (int j = 0; j < NP; ++j) dpbusd(acc[i][j], av, w[j]);
     }
   }
+}
+
+template <int MR, int NP>
+inline void zero(__m512i (&acc)[MR][NP]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
+}
+
+template <int MR, int NP>
+inline void store(const GemmArgs& g, int64_t m, int64_t p, const __m512i (&acc)[MR][NP]) {
+#pragma GCC unroll 8
+  for (int j = 0; j < NP; ++j) {
+    __m512i strip[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) strip[i] = acc[i][j];
+    store_strip<MR>(g, m, (p + j) * kPanel, strip);
+  }
+}
+
+// One MR x (NP*16) output tile over the full K.
+template <int MR, int NP>
+void tile_kernel(const Tile& t) {
+  const GemmArgs& g = t.g;
+  const int64_t full_groups = g.B.k / kKGroup;
+  const int64_t stride = g.B.panel_bytes();
+  const int8_t* b = g.B.panel(t.p);
+  __m512i acc[MR][NP];
+  zero(acc);
+  const uint8_t* row[MR];
+  if (t.gather) {  // implicit GEMM: K is runs of seg_len bytes, each at its own offset
+    const GatheredA& ga = *t.gather;
+    const int64_t groups = ga.seg_len / kKGroup;
+    for (int64_t s = 0; s < ga.n_seg; ++s) {
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) row[i] = ga.rows[t.m + i] + ga.seg_off[s];
+      accumulate(acc, row, b + s * groups * 64, stride, groups);
+    }
+    store(g, t.m, t.p, acc);
+    return;
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) row[i] = g.A + (t.m + i) * g.lda;
+  accumulate(acc, row, b, stride, full_groups);
   if (full_groups < g.B.k_groups) {  // K % 4 != 0: one partial group
     __m512i w[NP];
 #pragma GCC unroll 8
     for (int j = 0; j < NP; ++j) w[j] = _mm512_loadu_si512(b + j * stride + full_groups * 64);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const __m512i av = broadcast_group(a + i * lda, full_groups, g.B.k);
+      const __m512i av = broadcast_group(row[i], full_groups, g.B.k);
 #pragma GCC unroll 8
       for (int j = 0; j < NP; ++j) dpbusd(acc[i][j], av, w[j]);
     }
   }
-#pragma GCC unroll 8
-  for (int j = 0; j < NP; ++j) {
-    __m512i strip[MR];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) strip[i] = acc[i][j];
-    store_strip<MR>(g, t.m, (t.p + j) * kPanel, strip);
-  }
+  store(g, t.m, t.p, acc);
 }
 
 using TileFn = void (*)(const Tile&);
@@ -140,7 +170,10 @@ inline int panels_for_rows(int mr) { return mr <= 2 ? 6 : (mr <= 4 ? 4 : 3); }
 
 }  // namespace
 
-void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+namespace {
+
+void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m1, int64_t p0,
+               int64_t p1) {
   // Row blocks keep the A rows being reused (MC x K) within about half of L2.
   const int64_t mc = std::max<int64_t>(kMaxRows, ((int64_t(1) << 20) / g.B.k) / kMaxRows * kMaxRows);
   // A panel count that 4 divides but 3 does not (64, 128, 256 columns: conv's usual
@@ -158,11 +191,22 @@ void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0
         const int np_fit = std::min(np, fit(mr));
         for (int64_t q = p; q < p + np; q += np_fit) {
           const int npq = static_cast<int>(std::min<int64_t>(np_fit, p + np - q));
-          kTiles[mr - 1][npq - 1](Tile{g, m, q});
+          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q});
         }
       }
     }
   }
+}
+
+}  // namespace
+
+void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  run_block(g, nullptr, m0, m1, p0, p1);
+}
+
+void gemm_gather_block_avx512vnni(const GemmArgs& g, const GatheredA& a, int64_t m0, int64_t m1,
+                                  int64_t p0, int64_t p1) {
+  run_block(g, &a, m0, m1, p0, p1);
 }
 
 }  // namespace int8kit::detail

@@ -13,6 +13,16 @@ namespace int8kit::detail {
 // over the full K, epilogue included. Arguments are already validated.
 using GemmBlockFn = void (*)(const GemmArgs& args, int64_t m0, int64_t m1, int64_t p0,
                              int64_t p1);
+// Implicit-GEMM activations (conv without im2col): row m of A is n_seg runs of seg_len
+// bytes (a multiple of 4), run s starting at rows[m] + seg_off[s]; n_seg * seg_len == K.
+struct GatheredA {
+  const uint8_t* const* rows;  // one pointer per row of the GemmArgs (A and lda unused)
+  const int64_t* seg_off;
+  int64_t n_seg;
+  int64_t seg_len;
+};
+using GemmGatherBlockFn = void (*)(const GemmArgs& args, const GatheredA& a, int64_t m0,
+                                   int64_t m1, int64_t p0, int64_t p1);
 using MinMaxFn = MinMax (*)(const float* x, int64_t n);
 // q[i] = clamp(nearbyint(fmaf(x[i], inv_scale, zp)), 0, 255)
 using QuantizeFn = void (*)(const float* x, int64_t n, float inv_scale, int32_t zp,
@@ -22,6 +32,7 @@ struct KernelTable {
   GemmBlockFn gemm_block;
   MinMaxFn minmax;
   QuantizeFn quantize_u8;
+  GemmGatherBlockFn gemm_gather_block = nullptr;  // paths without one use im2col
 };
 
 void gemm_block_scalar(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
@@ -34,6 +45,8 @@ MinMax minmax_avx2(const float*, int64_t);
 void quantize_u8_avx2(const float*, int64_t, float, int32_t, uint8_t*);
 
 void gemm_block_avx512vnni(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
+void gemm_gather_block_avx512vnni(const GemmArgs&, const GatheredA&, int64_t, int64_t, int64_t,
+                                  int64_t);
 MinMax minmax_avx512(const float*, int64_t);
 void quantize_u8_avx512(const float*, int64_t, float, int32_t, uint8_t*);
 #endif
