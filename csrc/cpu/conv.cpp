@@ -1,11 +1,13 @@
 // Conv2d driver: validation, the choice of path, im2col tiles, and the split over threads.
 //
 // Paths: depthwise (groups == in == out channels) -> a direct per-ISA kernel over output
-// rows. Everything else is a GEMM per group on [pixels, KH*KW*IC/G] rows: a 1x1 stride-1
-// unpadded conv reads the NHWC input in place (row stride C, group offset g*C/G), a strided
-// 1x1 one output row at a time (row stride sw*C); the rest
-// gathers rows into a per-thread im2col tile (padding filled with the activation zero
-// point), sized to stay in L2, and runs the active GEMM path's block kernel on it.
+// rows. Everything else is a GEMM per group on [pixels, KH*KW*IC/G] rows:
+// - a 1x1 stride-1 unpadded conv reads the NHWC input in place (row stride C, group
+//   offset g*C/G); a strided 1x1 one output row at a time (row stride sw*C);
+// - on paths with a gathered-row kernel (AVX-512), an implicit GEMM: each row is a few
+//   runs of input bytes read in place from a copy of x with its padding written out;
+// - otherwise rows are gathered into a per-thread im2col tile (padding filled with the
+//   activation zero point), sized to stay in L2, for the path's block kernel.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
