@@ -162,3 +162,25 @@ def test_conv_payload_layout_becomes_rows():
     assert r["name"] == "r18_3x3 b=8" and r["fraction_of_peak"] == 0.3
     assert r["float_ms"] == pytest.approx(4.0)  # the faster float layout
     assert (r["best_peer"], r["speedup_vs_best_peer"]) == ("ao_x86_op", pytest.approx(2.0))
+
+
+def test_conv_rows_compare_like_with_like():
+    # conv.py gives each measurement an "op" row (uint8 ops alone) and a "float" row; each
+    # names its own int8kit contender, which wins over the section default.
+    med = {"int8kit_op": 1e-3, "ao_x86_op": 3e-3, "f32_cl": 2e-3}
+    payload = {"rows": [{"shape": "dw", "mode": "op", "int8kit_key": "int8kit_op",
+                         "batch": 1, "threads": 1, "peak_frac": 0.1, "median_s": med}]}
+    (r,) = rows_from_payload("conv", payload, "int8kit_cl")
+    assert r["name"] == "dw b=1 op" and r["extra"]["int8kit_contender"] == "int8kit_op"
+    assert (r["best_peer"], r["speedup_vs_best_peer"]) == ("ao_x86_op", pytest.approx(3.0))
+    assert r["speedup_vs_float"] == pytest.approx(2.0)
+
+
+def test_conv_bench_splits_each_measurement_into_op_and_float_rows():
+    from int8kit.bench import conv
+    res = conv.run(["dw32@112"], batches=(1,), threads=(1,), target_s=0.002)
+    modes = {r["mode"]: r for r in res["rows"]}
+    assert set(modes) == {"op", "float"}
+    assert "int8kit_op" in modes["op"]["median_s"] and "int8kit_cl" not in modes["op"]["median_s"]
+    assert not any(k.endswith("_op") for k in modes["float"]["median_s"])
+    assert "mode" in conv.table(res)

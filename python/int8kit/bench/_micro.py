@@ -36,8 +36,10 @@ def _results(payload: dict) -> list[dict]:
     for r in payload.get("rows", []):  # conv layout: medians per contender, one peak_frac
         cont = {n: {"median_s": v} for n, v in r["median_s"].items()}
         name = f"{r['shape']} b={r['batch']}" if "batch" in r else str(r["shape"])
+        if "mode" in r:
+            name += f" {r['mode']}"
         out.append({"name": name, "threads": r.get("threads"), "contenders": cont,
-                    "peak_frac": r.get("peak_frac")})
+                    "peak_frac": r.get("peak_frac"), "int8kit_key": r.get("int8kit_key")})
     return out
 
 
@@ -48,7 +50,7 @@ def rows_from_payload(section: str, payload: dict, int8kit_key: str | None = Non
     rows = []
     for r in _results(payload):
         cont = r["contenders"]
-        ik = _pick(cont, int8kit_key, lambda n: n.startswith("int8kit"))
+        ik = _pick(cont, r.get("int8kit_key") or int8kit_key, lambda n: n.startswith("int8kit"))
         if ik is None:
             continue
         ms = {n: c["median_s"] * 1e3 for n, c in cont.items()

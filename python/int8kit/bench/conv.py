@@ -4,6 +4,8 @@ users would otherwise pick, all in this process, interleaved round-robin, median
 Contenders (float NCHW in and out unless noted):
   int8kit_cl     QuantConv2d on a channels_last input (its native layout)
   int8kit        QuantConv2d on a contiguous input
+  int8kit_op     StaticQuantConv2d.forward_quantized: uint8 channels_last in, uint8 out (the
+                 op alone, what each layer of a statically quantized model runs)
   f32            nn.Conv2d, contiguous;      f32_cl: nn.Conv2d, channels_last
   ao_x86 / ao_fbgemm
                  torch.ao static quantized Conv2d, engine x86 / fbgemm: "_op" = the quantized
@@ -12,6 +14,9 @@ Contenders (float NCHW in and out unless noted):
   ort_op / ort_e2e
                  ONNX Runtime QLinearConv alone (uint8 in/out), and QuantizeLinear ->
                  QLinearConv -> DequantizeLinear (float in/out), when onnxruntime is installed
+
+Each measurement gives two rows, so that like is compared with like: "op" (int8kit_op vs
+the peers' _op and float32) and "float" (int8kit_cl vs the peers' _e2e and float32).
 
 Run: PYTHONPATH=python python benchmarks/bench_conv.py  (or: python -m int8kit.bench.conv) [--threads 1,2] [--batch 1,8]
      [--shapes resnet,depthwise] [--quick] [--json bench_out/bench_conv.json]
@@ -31,6 +36,7 @@ from . import _harness as H
 
 from int8kit import ops
 from int8kit.nn.conv import QuantConv2d
+from int8kit.nn.static import StaticQuantConv2d
 
 warnings.filterwarnings("ignore")  # torch.ao's deprecation notice on every call
 
@@ -50,6 +56,21 @@ QUICK_SHAPES = ["r18_128@28", "down1x1_64>128@56", "dw128@56"]
 GROUPS = {"resnet": [k for k in SHAPES if k.startswith("r18")],
           "downsample": ["down1x1_64>128@56"],
           "depthwise": [k for k in SHAPES if k.startswith("dw")]}
+
+
+def _minmax_qparams(t: torch.Tensor) -> tuple[float, int]:
+    obs = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8)
+    obs(t)
+    s, z = obs.calculate_qparams()
+    return float(s), int(z)
+
+
+# Contenders compared in each row mode (see the module docstring).
+MODES = {
+    "op": ("int8kit_op", ("ao_x86_op", "ao_fbgemm_op", "ort_op", "f32", "f32_cl")),
+    "float": ("int8kit_cl", ("int8kit", "ao_x86_e2e", "ao_fbgemm_e2e", "ort_e2e", "f32",
+                             "f32_cl")),
+}
 
 
 def _ao_conv(conv: nn.Conv2d, x: torch.Tensor, engine: str):
@@ -138,7 +159,12 @@ def _contenders(name: str, batch: int, threads: int):
     x = torch.randn(batch, ic, h, h)
     xcl = x.contiguous(memory_format=torch.channels_last)
     q = QuantConv2d.from_float(conv)
+    xs, xz = _minmax_qparams(x)
+    ys, yz = _minmax_qparams(conv(x))
+    sq = StaticQuantConv2d.from_float(conv, xs, xz)
+    xq = sq.quantize_input(xcl)
     c = {"int8kit_cl": lambda: q(xcl), "int8kit": lambda: q(x),
+         "int8kit_op": lambda: sq.forward_quantized(xq, out=(ys, yz)),
          "f32": lambda: conv(x), "f32_cl": lambda: conv_cl(xcl)}
     for eng in ("x86", "fbgemm"):
         if eng in torch.backends.quantized.supported_engines:
@@ -171,14 +197,16 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
                     for b in batches:
                         fns, nops = _contenders(name, b, t)
                         res = H.time_interleaved(fns, target_s=target_s)
-                        med = {k: v.median_s for k, v in res.items()}
-                        ours = med["int8kit_cl"]
-                        row = {"shape": name, "batch": b, "threads": t, "median_s": med,
-                               "spread": {k: v.spread for k, v in res.items()},
-                               "gops": nops / ours / 1e9,
-                               "peak_frac": (nops / ours / peaks[t]) if peaks[t] else None,
-                               "speedup": {k: v / ours for k, v in med.items()}}
-                        rows.append(row)
+                        for mode, (ours, peers) in MODES.items():
+                            keep = [ours] + [k for k in peers if k in res]
+                            med = {k: res[k].median_s for k in keep}
+                            rows.append({
+                                "shape": name, "mode": mode, "int8kit_key": ours,
+                                "batch": b, "threads": t,
+                                "median_s": med, "spread": {k: res[k].spread for k in keep},
+                                "gops": nops / med[ours] / 1e9,
+                                "peak_frac": nops / med[ours] / peaks[t] if peaks[t] else None,
+                                "speedup": {k: v / med[ours] for k, v in med.items()}})
     finally:
         torch.set_num_threads(prev)
     return {"machine": H.machine_info(), "vnni_peak_ops_per_s": peaks, "rows": rows,
@@ -186,20 +214,18 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
 
 
 def table(result: dict) -> str:
-    peers = ["f32", "f32_cl", "ao_x86_op", "ao_x86_e2e", "ao_fbgemm_op", "ao_fbgemm_e2e",
-             "ort_op", "ort_e2e"]
-    heads = ["shape", "b", "t", "int8kit_cl us", "int8kit us", "Gop/s", "%peak"] + \
-        [f"x{p}" for p in peers]
+    heads = ["shape", "mode", "b", "t", "int8kit us", "Gop/s", "%peak", "peer / int8kit"]
     out = []
     for r in result["rows"]:
-        m, s = r["median_s"], r["speedup"]
-        out.append([r["shape"], r["batch"], r["threads"], f"{m['int8kit_cl'] * 1e6:.0f}",
-                    f"{m['int8kit'] * 1e6:.0f}", f"{r['gops']:.0f}",
-                    "n/a" if r["peak_frac"] is None else f"{100 * r['peak_frac']:.0f}%"] +
-                   [f"{s[p]:.2f}" if p in s else "n/a" for p in peers])
-    note = ("xPEER = PEER's median / int8kit_cl's median (> 1: int8kit faster). "
-            "_op: the peer's quantized op alone; _e2e: with float<->int8 conversions.")
-    return H.format_table(heads, out) + "\n" + note
+        ours = MODES[r["mode"]][0]
+        ratios = " ".join(f"{k} {v:.2f}" for k, v in r["speedup"].items() if k != ours)
+        out.append([r["shape"], r["mode"], r["batch"], r["threads"],
+                    f"{r['median_s'][ours] * 1e6:.0f}", f"{r['gops']:.0f}",
+                    "n/a" if r["peak_frac"] is None else f"{100 * r['peak_frac']:.0f}%", ratios])
+    note = ("peer / int8kit = the peer's median / int8kit's (> 1: int8kit faster). op rows: "
+            "int8kit_op and the peers' quantized ops alone (uint8 in and out); float rows: "
+            "QuantConv2d (int8kit_cl) and the peers' _e2e, float in and out.")
+    return H.format_table(heads, out, align="llrrrrrl") + "\n" + note
 
 
 def main(argv=None) -> None:
