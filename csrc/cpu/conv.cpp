@@ -3,9 +3,11 @@
 // Paths: depthwise (groups == in == out channels) -> a direct per-ISA kernel over output
 // rows. Everything else is a GEMM per group on [pixels, KH*KW*IC/G] rows:
 // - a 1x1 stride-1 unpadded conv reads the NHWC input in place (row stride C, group
-//   offset g*C/G); a strided 1x1 one output row at a time (row stride sw*C);
+//   offset g*C/G);
 // - on paths with a gathered-row kernel (AVX-512), an implicit GEMM: each row is a few
-//   runs of input bytes read in place from a copy of x with its padding written out;
+//   runs of input bytes read in place from x (a copy with its padding written out when
+//   padded). Without one, a strided 1x1 conv runs one output row at a time (row stride
+//   sw*C);
 // - otherwise rows are gathered into a per-thread im2col tile (padding filled with the
 //   activation zero point), sized to stay in L2, for the path's block kernel.
 #include <algorithm>
@@ -156,17 +158,17 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const int64_t k = p.kh * p.kw * icg, M = a.n * oh * ow;
   const bool pointwise = p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0;
   const bool direct = pointwise && p.stride_h == 1 && p.stride_w == 1;
-  // A strided 1x1 conv reads one output row's pixels in place too, as rows lda = sw*C
-  // apart: one GEMM per output row, no gather.
-  const bool strided = pointwise && !direct;
   // Implicit GEMM where the path has one: activation rows are read in place from a padded
   // copy of x (im2col would copy every input byte KH*KW times).
   const detail::GemmGatherBlockFn gather = detail::kernels_for(isa).gemm_gather_block;
   const int64_t hp = a.h + 2 * p.pad_h, wp = a.w + 2 * p.pad_w;
   int64_t run_len = 0;
   const std::vector<int64_t> runs =
-      gather && !pointwise ? implicit_runs(p, wp, &run_len) : std::vector<int64_t>{};
+      gather && !direct ? implicit_runs(p, wp, &run_len) : std::vector<int64_t>{};
   const bool implicit = !runs.empty();
+  // Otherwise a strided 1x1 conv reads one output row's pixels in place, as rows
+  // lda = sw*C apart: one GEMM per output row, no gather.
+  const bool strided = pointwise && !direct && !implicit;
   thread_local std::vector<uint8_t> padded_buf;
   const uint8_t* xp = implicit ? padded_input(a, hp, wp, nthreads, padded_buf) : nullptr;
   std::vector<PackedView> views(static_cast<size_t>(G));
@@ -290,8 +292,9 @@ void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
 namespace detail {
 
 bool conv_uses_implicit_gemm(const ConvParams& p, Isa isa) {
-  if (conv_is_depthwise(p) || (p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0) ||
-      kernels_for(isa).gemm_gather_block == nullptr)
+  const bool direct = p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+                      p.stride_h == 1 && p.stride_w == 1;
+  if (conv_is_depthwise(p) || direct || kernels_for(isa).gemm_gather_block == nullptr)
     return false;
   int64_t run_len = 0;
   return !implicit_runs(p, 1, &run_len).empty();

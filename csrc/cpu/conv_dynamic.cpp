@@ -130,6 +130,38 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
       done = std::max(done, hi);
       return static_cast<const uint8_t*>(band.data());
     });
+  } else if (p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0 &&
+             (p.stride_h > 1 || p.stride_w > 1)) {
+    // A strided 1x1 conv reads only the pixels (oy*sh, ox*sw): quantize just those into a
+    // compact [n, oh, ow, C] tensor, and run a 1x1 stride-1 conv (a plain GEMM) on it.
+    qbuf.resize(static_cast<size_t>(d.n * ohw * c));
+    uint8_t* const q = qbuf.data();
+    const int64_t rows = d.n * oh;
+    const int nq = static_cast<int>(std::clamp<int64_t>(rows * ow * c / kMinElemsPerThread, 1,
+                                                        std::min<int64_t>(nt, rows)));
+    detail::parallel_for(nq, [&](int tid) {
+      thread_local std::vector<uint8_t> line;  // this worker's quantized input rows (NCHW x)
+      const auto [r0, r1] = split(rows, nq, tid, 1);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t img = r / oh, y = (r % oh) * p.stride_h;
+        uint8_t* out = q + r * ow * c;
+        if (d.x_nhwc) {
+          for (int64_t ox = 0; ox < ow; ++ox)
+            kt.quantize_u8(d.x + ((img * d.h + y) * d.w + ox * p.stride_w) * c, c, inv, zp,
+                           out + ox * c);
+          continue;
+        }
+        // (image-sized, so row y can sit at its own offset: quantize_pixels' contract)
+        if (line.size() < static_cast<size_t>(hw * c)) line.resize(static_cast<size_t>(hw * c));
+        quantize_pixels(img, y * d.w, (y + 1) * d.w, line.data());
+        const uint8_t* src = line.data() + y * d.w * c;
+        for (int64_t ox = 0; ox < ow; ++ox)
+          std::memcpy(out + ox * c, src + ox * p.stride_w * c, static_cast<size_t>(c));
+      }
+    });
+    a.x = q, a.h = oh, a.w = ow;
+    a.wt.p.stride_h = a.wt.p.stride_w = 1;
+    conv2d_with_isa(a, nthreads, isa);
   } else if ((p.pad_h || p.pad_w) && detail::conv_uses_implicit_gemm(p, isa)) {
     // The implicit GEMM reads a padded input: quantize straight into one, border = zp,
     // and run the conv on it with no padding (the same sums).
