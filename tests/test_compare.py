@@ -154,6 +154,21 @@ def test_unmatched_layers_are_listed():
     assert r.unmatched_layers == {"float_only": ["unused"], "quantized_only": ["extra"]}
 
 
+def test_attention_is_compared_as_one_layer():
+    # nn.MultiheadAttention never calls its out_proj module, and the int8 form has four
+    # projections: the attention itself is the layer compared, its children are not listed.
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    fm = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval()
+    qm = int8kit.quantize_dynamic(fm)
+    r = compare(fm, qm, torch.randn(3, 5, 16), **FAST)
+    att = next(s for s in r.layers if s.name == "layers.0.self_attn")
+    assert (att.float_type, att.quant_type) == ("MultiheadAttention", "QuantMultiheadAttention")
+    assert att.calls == 1 and att.cosine > 0.999
+    assert not any("proj" in s.name for s in r.layers)
+    assert r.unmatched_layers == {"float_only": [], "quantized_only": []}
+
+
 def test_fused_group_is_compared_at_its_last_member():
     import torch.ao.quantization as tq
     torch.manual_seed(0)

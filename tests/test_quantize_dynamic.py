@@ -240,7 +240,7 @@ def _encoder():
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_transformer_encoder_converts_ffn_and_reports_attention():
     enc = _encoder()
-    q = int8kit.quantize_dynamic(enc)
+    q = int8kit.quantize_dynamic(enc, {nn.Linear})  # the default converts attention too
     r = q.int8kit_report
     assert {l.name for l in r.converted} == {f"layers.{i}.linear{j}"
                                              for i in (0, 1) for j in (1, 2)}

@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .nn import NotConvertibleError, QuantConv2d, QuantLinear
+from .nn import NotConvertibleError, QuantConv2d, QuantLinear, QuantMultiheadAttention
 
 # Float module type (matched exactly, not by isinstance) -> quantized module class.
-# quantize_dynamic converts nn.Linear by default; nn.Conv2d when the caller asks for it.
-DYNAMIC_MODULES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
+# quantize_dynamic converts DEFAULT_TYPES by default; nn.Conv2d when the caller asks for it.
+DYNAMIC_MODULES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d,
+                                     nn.MultiheadAttention: QuantMultiheadAttention}
+DEFAULT_TYPES = (nn.Linear, nn.MultiheadAttention)
 
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
@@ -108,7 +110,7 @@ def _check_options(opts, where: str) -> dict:
 def _parse_spec(spec, names: set[str]) -> tuple[dict, dict]:
     """qconfig_spec -> ({float type: options}, {module name: options})."""
     if spec is None:
-        spec = {nn.Linear}
+        spec = set(DEFAULT_TYPES)
     if isinstance(spec, (str, type)) or not isinstance(spec, Iterable):
         raise TypeError("qconfig_spec must be a set/list of module types or names, or a dict "
                         f"mapping them to option dicts; got {spec!r}")
@@ -136,10 +138,13 @@ def _within(name: str, prefixes) -> str | None:
     return max(hits, key=len) if hits else None
 
 
-def _skip_reason_for_subclass(mod: nn.Module, base: type) -> str:
+def _skip_reason_for_subclass(mod: nn.Module, base: type, parent_selected: bool) -> str:
     if isinstance(mod, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        if parent_selected:  # its MultiheadAttention has a row of its own that says why
+            return "out_proj of an nn.MultiheadAttention that was not converted: kept in float"
         return ("out_proj of nn.MultiheadAttention, which passes .weight straight to "
-                "F.multi_head_attention_forward (as it does in_proj_weight): kept in float")
+                "F.multi_head_attention_forward (as it does in_proj_weight): kept in float; "
+                "add nn.MultiheadAttention to qconfig_spec to convert all its projections")
     return (f"subclass of {base.__name__} whose forward may differ; register "
             f"{type(mod).__name__} with register_dynamic_module to convert it")
 
@@ -179,11 +184,15 @@ def _swap(model: nn.Module, new_for: dict[int, nn.Module]) -> nn.Module:
 def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = False,
                      skip: Iterable[str] = (), strict: bool = False,
                      **options) -> nn.Module:
-    """Returns `model` with its nn.Linear layers (or the selected ones) in int8.
+    """Returns `model` with its nn.Linear and nn.MultiheadAttention layers (or the selected
+    ones) in int8.
 
-    qconfig_spec: None (every nn.Linear), a set of module types and/or module names (a
-      name selects that module and everything under it), or a dict mapping them to option
-      dicts, e.g. {nn.Linear: {"weight": "per_tensor"}}.
+    qconfig_spec: None (every nn.Linear and nn.MultiheadAttention), a set of module types
+      and/or module names (a name selects that module and everything under it), or a dict
+      mapping them to option dicts, e.g. {nn.Linear: {"weight": "per_tensor"}}.
+      An nn.MultiheadAttention becomes a QuantMultiheadAttention with its q, k, v and out
+      projections in int8 (one report row); selecting nn.Linear alone leaves attention in
+      float (its out_proj cannot be swapped on its own and is reported as skipped).
     skip: module names (and everything under them) to keep in float.
     options: passed to every from_float, e.g. weight="per_tensor", activation="per_tensor".
     strict: raise NotConvertibleError instead of skipping a layer that cannot be converted.
@@ -211,6 +220,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = Fal
     new_for: dict[int, nn.Module] = {}
     done: list[str] = []
     new_names: set[str] = set()  # (a set: models can have thousands of layers)
+    listed: set[str] = set()  # names with a report row
     for name, mod in target.named_modules():
         parts = name.split(".")
         if any(".".join(parts[:i]) in new_names for i in range(1, len(parts))):
@@ -221,11 +231,12 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = Fal
             continue
         row = LayerReport(name, type(mod).__name__, False, "", _module_bytes(mod), 0)
         report.layers.append(row)
+        listed.add(name)
         quant_cls = DYNAMIC_MODULES.get(type(mod))
         if _within(name, skip) is not None:
             row.detail = f"in skip list ({_within(name, skip)!r})"
         elif quant_cls is None:
-            row.detail = _skip_reason_for_subclass(mod, base)
+            row.detail = _skip_reason_for_subclass(mod, base, name.rpartition(".")[0] in listed)
         else:
             opts = {**options, **by_type.get(type(mod), {}),
                     **(by_name[name_key] if name_key is not None else {})}

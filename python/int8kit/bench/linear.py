@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 
 import numpy as np
 
@@ -314,6 +315,21 @@ def _no_fused_path(model: nn.Module) -> nn.Module:
     return model
 
 
+def _projection_macs(model: nn.Module) -> dict[str, int]:
+    """Projection MACs per token of each module that owns projections: every
+    nn.MultiheadAttention (q, k, v and out: in_proj is a raw parameter, not a Linear) and
+    every nn.Linear outside one (the report names the same modules)."""
+    macs: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if any(name.startswith(p + ".") for p in macs):
+            continue  # out_proj: counted with its attention
+        if isinstance(m, nn.MultiheadAttention):
+            macs[name] = m.embed_dim * (2 * m.embed_dim + m.kdim + m.vdim)
+        elif isinstance(m, nn.Linear):
+            macs[name] = m.in_features * m.out_features
+    return macs
+
+
 def run_transformer(threads=(1, 2), quick: bool = False, seed: int = 0, batch: int = 8,
                     seq: int = 128, out=None) -> dict:
     """Float vs int8kit vs torch.ao dynamic quantization of a 6-layer encoder."""
@@ -331,19 +347,16 @@ def run_transformer(threads=(1, 2), quick: bool = False, seed: int = 0, batch: i
     models = {"float32": float_model, "float32_unfused": unfused, "int8kit": int8_model,
               "torch_ao": ao_model}
     fns = {name: (lambda mod=mod: mod(x)) for name, mod in models.items()}
-    # Projection MACs per token: in_proj 3*d*d (a raw parameter, no Linear), out_proj d*d,
-    # linear1 and linear2 d*ffn each; the converted share says how much int8 can help.
-    lin_macs = {n: m.in_features * m.out_features for n, m in float_model.named_modules()
-                if isinstance(m, nn.Linear)}
+    # The converted share of the projection MACs says how much int8 can help.
+    macs = _projection_macs(float_model)
     d = float_model.layers[0].linear1.in_features
-    total_macs = sum(lin_macs.values()) + 3 * d * d * len(float_model.layers)
     res = {"config": {"layers": len(float_model.layers), "d_model": d,
                       "heads": float_model.layers[0].self_attn.num_heads,
                       "ffn": float_model.layers[0].linear1.out_features, "batch": batch,
                       "seq": seq},
            "report": report.to_dict(), "torch_ao_converted": ao_converted,
-           "linear_macs_converted_share": sum(lin_macs[r.name] for r in report.converted)
-           / total_macs,
+           "linear_macs_converted_share": sum(macs[r.name] for r in report.converted)
+           / sum(macs.values()),
            "runs": []}
     prev = torch.get_num_threads()
     try:
@@ -405,11 +418,15 @@ def render(payload: dict) -> str:
         lines.append(H.format_table(["thr", "model", "median ms", "spread", "speedup vs f32",
                                      "cosine vs f32"], trow, align="rlrrrr"))
         rep = tr["report"]
-        lines.append(f"int8kit converted {rep['converted']} Linear layers and skipped "
-                     f"{rep['skipped']} (every attention out_proj: nn.MultiheadAttention uses "
-                     f"its weight directly; in_proj is no Linear); torch.ao converted "
-                     f"{tr['torch_ao_converted']}. Converted layers hold "
-                     f"{tr['linear_macs_converted_share']:.0%} of the projection MACs. "
+        kinds = Counter(r["module_type"] for r in rep["layers"] if r["converted"])
+        what = ", ".join(f"{n} {t}" + (" (q, k, v and out projections each)"
+                                       if t == "MultiheadAttention" else "")
+                         for t, n in kinds.items()) or "nothing"
+        lines.append(f"int8kit converted {what}; skipped {rep['skipped']}. torch.ao "
+                     f"converted {tr['torch_ao_converted']} Linear layers (not the attention "
+                     "projections: in_proj is no Linear, out_proj is excluded). int8kit's "
+                     f"converted layers hold {tr['linear_macs_converted_share']:.0%} of the "
+                     "projection MACs. "
                      "float32 uses torch's fused encoder kernel; float32_unfused, int8kit and "
                      "torch.ao run the ordinary layer path (see _no_fused_path).")
     lines += [""] + [f"- {f}" for f in payload["footnotes"]]

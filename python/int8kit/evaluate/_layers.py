@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..nn.attention import QuantMultiheadAttention
+
 # Pure pass-throughs in eval mode: their output equals their input, so listing them would
 # only repeat the previous layer.
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
@@ -103,8 +105,22 @@ def type_name(m: nn.Module) -> str:
     return "ao." + name if type(m).__module__.startswith("torch.ao.") else name
 
 
+# Compared as one layer, not through their children: nn.MultiheadAttention never calls its
+# out_proj module (it reads the weight), and its int8 form has four projections instead.
+_ATOMIC = (nn.MultiheadAttention, QuantMultiheadAttention)
+
+
 def _leaves(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if n and not any(True for _ in m.children())}
+    out, atomic = {}, []
+    for n, m in model.named_modules():
+        if not n or any(n.startswith(a + ".") for a in atomic):
+            continue
+        if isinstance(m, _ATOMIC):
+            atomic.append(n)
+            out[n] = m
+        elif not any(True for _ in m.children()):
+            out[n] = m
+    return out
 
 
 def _is_fused_away(f: nn.Module, q: nn.Module | None) -> bool:
