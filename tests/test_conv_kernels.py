@@ -29,6 +29,10 @@ SHAPES = [
     (1, 12, 13, 130, 130, 3, 1, 1, 1, 130),  # depthwise, 3 blocks, fast 4-pixel runs
     (1, 6, 6, 8, 16, 3, 1, 1, 1, 8),      # depthwise multiplier 2: grouped GEMM path
     (1, 3, 3, 2, 5, 3, 1, 0, 1, 1),       # 1x1 output
+    # depthwise 3x3 with strides (MobileNet's downsampling blocks)
+    (2, 9, 11, 70, 70, 3, 2, 1, 1, 70),   # stride 2, channel tail, batch 2
+    (1, 8, 7, 64, 64, 3, (1, 2), (0, 1), 1, 64),  # horizontal stride only, no top padding
+    (1, 9, 10, 130, 130, 3, (3, 1), 1, 1, 130),  # vertical stride 3, 3 blocks
     # implicit GEMM (AVX-512: activation rows read in place, no im2col)
     (2, 15, 13, 32, 48, 3, 1, 1, 1, 1),   # one run per kernel row; tiles cross rows, images
     (1, 9, 11, 12, 10, 3, 1, 2, (1, 2), 1),  # horizontal dilation: one run per tap
