@@ -141,6 +141,16 @@ def test_batch_of_zero_and_torch_inputs():
     assert isinstance(y, torch.Tensor) and y.shape == (0, 5, 5, 4)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_unpack_inverts_pack(rng, shape):
+    _, _, _, c, oc, k, stride, padding, dilation, groups = shape
+    kh, kw = pair(k)
+    w = rng.integers(-128, 128, (oc, c // groups, kh, kw), dtype=np.int8)
+    packed = co.pack_conv_weight(w, stride, padding, dilation, groups)
+    got = co.unpack_conv_weight(packed)
+    assert got.dtype == torch.int8 and np.array_equal(got.numpy(), w)
+
+
 def test_packed_info_and_layouts():
     dw = co.pack_conv_weight(np.ones((8, 1, 3, 3), np.int8), 2, 1, 1, 8)
     assert dw.layout == "depthwise" and dw.stride == (2, 2) and dw.groups == 8

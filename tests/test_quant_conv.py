@@ -3,6 +3,7 @@ formats and dtypes, state_dict / pickling, torch.compile / torch.export, bad inp
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -136,6 +137,22 @@ def test_state_dict_and_pickle_roundtrip():
     assert torch.equal(m(x), torch.relu(y))
     # bfloat16 model cast keeps float32 scales and bias
     assert q2.to(torch.bfloat16).weight_scale.dtype == torch.float32
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])  # gemm, grouped gemm, depthwise layouts
+def test_only_the_packed_weight_is_kept(groups):
+    torch.manual_seed(5)
+    conv = nn.Conv2d(6, 6, 3, 1, 1, groups=groups)
+    q = QuantConv2d.from_float(conv)
+    assert [n for n, _ in q.named_buffers()] == ["weight_scale", "bias", "packed"]
+    w = q.qweight  # unpacked from the kernel layout
+    assert w.dtype == torch.int8 and w.shape == conv.weight.shape
+    want = torch.round(conv.weight.detach() / q.weight_scale.reshape(-1, 1, 1, 1))
+    assert torch.equal(w, want.clamp(-128, 127).to(torch.int8))
+    assert q.weight_bytes() == q.packed.numel() + 4 * (6 + 6)  # packed + scales + bias
+    assert q.weight_bytes(include_packed=False) == w.numel() + 4 * (6 + 6)
+    x = torch.randn(1, 6, 5, 5)
+    assert torch.equal(copy.deepcopy(q)(x), q(x))
 
 
 def test_compile_and_export():

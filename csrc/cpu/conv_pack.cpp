@@ -137,6 +137,26 @@ void pack_conv_weight(const int8_t* w, const ConvParams& p, uint8_t* out) {
   }
 }
 
+void unpack_conv_weight(const ConvView& v, int8_t* w) {
+  const ConvParams& p = v.p;
+  const int64_t taps = p.kh * p.kw;
+  if (v.layout == ConvLayout::depthwise) {
+    for (int64_t c = 0; c < p.in_channels; ++c)
+      for (int64_t t = 0; t < taps; ++t) w[c * taps + t] = v.dw_plain[t * v.cp + c];
+    return;
+  }
+  const int64_t ocg = p.out_channels / p.groups, icg = p.in_channels / p.groups;
+  const int64_t k = group_k(p);
+  std::vector<int8_t> mat(static_cast<size_t>(ocg * k));
+  for (int64_t g = 0; g < p.groups; ++g) {
+    unpack_weight(v.group(g), mat.data());
+    for (int64_t j = 0; j < ocg; ++j)
+      for (int64_t ic = 0; ic < icg; ++ic)
+        for (int64_t t = 0; t < taps; ++t)
+          w[((g * ocg + j) * icg + ic) * taps + t] = mat[j * k + t * icg + ic];
+  }
+}
+
 ConvView view_conv_packed(const uint8_t* buf, size_t nbytes) {
   require(buf != nullptr && nbytes >= sizeof(ConvHeader),
           "packed conv weight buffer is too small to hold a header");

@@ -126,6 +126,15 @@ void bind_conv(py::module_& m) {
     pack_conv_weight(src, p, dst);
   });
   m.def("conv_packed_info", [](const py::handle& buf) { return info_of(view_of(buf)); });
+  m.def("unpack_conv_weight", [](const py::handle& buf, const py::handle& out_obj) {
+    const ConvView v = view_of(buf);
+    auto out = checked<int8_t>(out_obj, "out", 4);
+    const ConvParams& p = v.p;
+    if (out.shape(0) != p.out_channels || out.shape(1) != p.in_channels / p.groups ||
+        out.shape(2) != p.kh || out.shape(3) != p.kw)
+      throw py::value_error("out must have shape [OC, IC/groups, KH, KW]");
+    unpack_conv_weight(v, out.mutable_data());
+  });
   m.def("conv2d", [](const py::handle& x, int32_t x_zp, const py::handle& packed,
                      const py::handle& out, float x_scale, const py::handle& w_scale,
                      const py::handle& bias, bool relu, float out_inv_scale, int32_t out_zp,

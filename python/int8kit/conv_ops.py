@@ -105,6 +105,17 @@ def pack_conv_weight(w, stride=1, padding=0, dilation=1, groups=1) -> PackedConv
     return PackedConvWeight(buf)
 
 
+def unpack_conv_weight(packed) -> torch.Tensor:
+    """The int8 weight [OC, IC/groups, KH, KW] a packed conv weight holds (the inverse of
+    pack_conv_weight)."""
+    buf = _buffer(packed)
+    i = _C.conv_packed_info(buf)
+    out = torch.empty(i["out_channels"], i["in_channels"] // i["groups"], *i["kernel_size"],
+                      dtype=torch.int8)
+    _C.unpack_conv_weight(buf, out.numpy())
+    return out
+
+
 def _buffer(packed) -> np.ndarray:
     if isinstance(packed, PackedConvWeight):
         packed = packed.buffer

@@ -69,6 +69,8 @@ size_t conv_packed_size_bytes(const ConvParams& p);
 void pack_conv_weight(const int8_t* w, const ConvParams& p, uint8_t* out);
 // Checks magic, version, parameters and sizes; throws std::invalid_argument if off.
 ConvView view_conv_packed(const uint8_t* buf, size_t nbytes);
+// The inverse of pack_conv_weight: w[OC, IC/G, KH, KW] (contiguous) from a packed view.
+void unpack_conv_weight(const ConvView& v, int8_t* w);
 
 struct ConvArgs {
   int64_t n = 0, h = 0, w = 0;     // input [n, h, w, in_channels] uint8, contiguous

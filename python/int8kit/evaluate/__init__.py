@@ -220,10 +220,9 @@ def compare(float_model: nn.Module, quantized_model: nn.Module, data, *, labels=
                      "QuantSequential calls forward_quantized directly; convert with "
                      "handoff=False to see them) or had no float output")
     notes.append("weight bytes: parameters and buffers; int8kit modules report weight_bytes() "
-                 "(what they hold: the packed weight the kernels read, scales, bias; conv "
-                 "layers also keep an int8 copy); torch.ao quantized modules count their int8 "
-                 "weight, qparams and bias (fbgemm's "
-                 "internal prepacked copy is not visible and not counted)")
+                 "(what they hold: the packed weight the kernels read, scales, bias); "
+                 "torch.ao quantized modules count their int8 weight, qparams and bias "
+                 "(fbgemm's internal prepacked copy is not visible and not counted)")
     settings = {"batch_sizes": list(batch_sizes), "latency_repeats": latency_repeats,
                 "eval_batch_size": eval_batch_size, "torch_threads": torch.get_num_threads(),
                 "layers": layers if layers in ("auto", None) else list(layers)}

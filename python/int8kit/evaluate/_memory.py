@@ -3,7 +3,7 @@
 What is counted (and what is not):
 - weight_bytes: every parameter and buffer, once each. A module that defines
   `weight_bytes()` (int8kit's quantized modules) reports its own state instead: the int8
-  weight in the packed kernel layout (conv layers: plus an int8 copy), scales, bias.
+  weight in the packed kernel layout, scales, bias.
   torch.ao quantized modules keep their weights in opaque packed params: we count their
   int8 weight (`weight()`), its per-channel scales/zero points and the float bias; fbgemm's internal prepacked copy
   is not visible from Python and is not counted.

@@ -46,6 +46,7 @@ class QuantConv2d(QuantModuleBase):
     """
 
     _float32_buffers = ("weight_scale", "bias")
+    _packed_only = True  # the int8 weight lives only in `packed` (see _base.py)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -69,18 +70,31 @@ class QuantConv2d(QuantModuleBase):
         self.padding_mode = "zeros"
         self.weight_scheme, self.threads = weight, threads
         self._params = list(p)
-        self.register_buffer("qweight", torch.zeros(out_channels, in_channels // groups,
-                                                    *self.kernel_size, dtype=torch.int8))
         n_scales = out_channels if weight == "per_channel" else 1
         self.register_buffer("weight_scale", torch.ones(n_scales, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_channels) if bias else None)
-        self._repack()
+        self._set_qweight(torch.zeros(self._qweight_shape(), dtype=torch.int8))
 
-    def _pack(self) -> torch.Tensor:
-        if self.qweight.device.type == "meta":
+    def _pack(self, w: torch.Tensor) -> torch.Tensor:
+        if w.device.type == "meta":  # shape-only module: nothing to pack yet
             return torch.empty(0, dtype=torch.uint8, device="meta")
-        return conv_ops.pack_conv_weight(self.qweight.detach().cpu().contiguous(), self.stride,
+        return conv_ops.pack_conv_weight(w.detach().cpu().contiguous(), self.stride,
                                          self.padding, self.dilation, self.groups).buffer
+
+    def _unpack(self) -> torch.Tensor:
+        if self.packed.device.type == "meta" or self.packed.numel() == 0:
+            return torch.empty(self._qweight_shape(), dtype=torch.int8, device=self.packed.device)
+        return conv_ops.unpack_conv_weight(self.packed)
+
+    def _qweight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The int8 weight [out_channels, in_channels/groups, KH, KW], unpacked from the
+        kernel layout. A fresh copy on every access (read-only: writing to it changes
+        nothing); it is what state_dict() saves under "qweight"."""
+        return self._unpack()
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, *, weight: str = "per_channel",
@@ -114,11 +128,10 @@ class QuantConv2d(QuantModuleBase):
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
                   weight=weight, threads=threads)
-        mod.qweight.copy_(quantize(w, scale, zp, signed=True, axis=axis))
+        mod._set_qweight(quantize(w, scale, zp, signed=True, axis=axis))
         mod.weight_scale.copy_(scale.reshape(-1))
         if conv.bias is not None:
             mod.bias.copy_(conv.bias.detach().float())
-        mod._repack()
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -224,14 +224,13 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
                   _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
                   weight="per_channel" if per_channel else "per_tensor", relu=relu,
                   threads=threads)
-        mod.qweight.copy_(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
-                                   zp.reshape(-1) if per_channel else zp.reshape(()),
-                                   signed=True, axis=0 if per_channel else None))
+        mod._set_qweight(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
+                                  zp.reshape(-1) if per_channel else zp.reshape(()),
+                                  signed=True, axis=0 if per_channel else None))
         mod.weight_scale.copy_(scale.reshape(-1))
         if base.bias is not None:
             mod.bias.copy_(base.bias)
         mod.set_input_qparams(input_scale, input_zero_point)
-        mod._repack()
         return mod
 
     def _check_shape(self, shape, what: str) -> None:
