@@ -97,6 +97,40 @@ def test_row_block_route_rejects_nan_in_a_late_block():
             linear_dynamic_impl(x, ql.packed, ql.weight_scale, ql.bias, 40, True, False, threads)
 
 
+# linear_dynamic_multi (attention's q, k, v on one input): x quantized once, each output
+# bit-identical to its own linear_dynamic call, on both routes (short M: quantize then
+# GEMMs; tall M: row blocks shared by the layers).
+@pytest.mark.parametrize("m", [5, 300])
+@pytest.mark.parametrize("per_row", [True, False])
+def test_multi_layer_call_equals_one_call_per_layer(path, m, per_row):
+    layers = [QuantLinear.from_float(_linear(1001, n, seed=n, bias=n != 33)) for n in (40, 33, 70)]
+    x = _x(m, 1001).numpy()
+    views = [ql._kernel_views() for ql in layers]
+    with ops.use_isa(path):
+        for threads in (1, 2, 3):
+            got = _C.linear_dynamic_multi(x, [v[0] for v in views], [v[1] for v in views],
+                                          [v[2] for v in views], per_row, threads)
+            assert len(got) == 3
+            for (packed, ws, bias), y in zip(views, got):
+                want = _C.linear_dynamic(x, packed, ws, bias, per_row, False, threads)
+                assert y.shape == want.shape and (y.view("int32") == want.view("int32")).all()
+
+
+def test_multi_layer_call_checks_its_arguments():
+    a, b = QuantLinear.from_float(_linear(8, 4)), QuantLinear.from_float(_linear(9, 4))
+    (pa, wa, ba), (pb, wb, bb) = a._kernel_views(), b._kernel_views()
+    x = _x(2, 8).numpy()
+    with pytest.raises(ValueError, match="K=8"):  # every layer must take x's K
+        _C.linear_dynamic_multi(x, [pa, pb], [wa, wb], [ba, bb], True, 1)
+    with pytest.raises(ValueError, match="equal length"):
+        _C.linear_dynamic_multi(x, [pa, pa], [wa], [ba, ba], True, 1)
+    bad = x.copy()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        _C.linear_dynamic_multi(bad, [pa, pa], [wa, wa], [ba, ba], True, 1)
+    assert [y.shape for y in _C.linear_dynamic_multi(x[:0], [pa], [wa], [ba], True, 1)] == [(0, 4)]
+
+
 def test_fused_calls_reject_nan_and_inf():
     ql = QuantLinear.from_float(_linear(8, 4))
     sl = StaticQuantLinear.from_float(_linear(8, 4), 0.1, 3)

@@ -498,3 +498,17 @@ def test_whole_encoder_state_dict_and_pickle_roundtrip(tmp_path):
     loaded = torch.load(tmp_path / "enc.pt", weights_only=False)
     with torch.inference_mode():
         assert torch.equal(fresh(x), y) and torch.equal(loaded(x), y)
+
+
+def test_self_attention_projects_its_input_once_with_the_same_bits():
+    # Self-attention quantizes x once for q, k and v (one native call); a hook on a
+    # projection makes the module call each QuantLinear: the outputs must be equal.
+    q = QuantMultiheadAttention.from_float(_mha(batch_first=True))
+    x = _x(3, 7, E)
+    fused = q(x, x, x, need_weights=False)[0]
+    projections = q._project(x, x, x)
+    calls = []
+    q.q_proj.register_forward_hook(lambda *a: calls.append(1))
+    assert torch.equal(q(x, x, x, need_weights=False)[0], fused) and calls == [1]
+    for got, proj in zip(projections, (q.q_proj, q.k_proj, q.v_proj)):
+        assert torch.equal(got, proj(x))

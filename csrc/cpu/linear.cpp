@@ -65,17 +65,22 @@ int64_t rows_per_block(int64_t K, int64_t N) {
 }
 
 // Per-row dynamic linear with quantization fused into the GEMM's row loop: threads claim
-// row blocks, quantize them and run every column of those rows, so quantization is split
-// over the threads with the GEMM and its uint8 rows never leave cache. Each output row
-// depends on its own row alone, so the split does not change any result.
-bool fused_rows(const LinearArgs& a, Scratch& s, float* y, int nthreads) {
+// row blocks, quantize them and run every column of every layer on those rows, so
+// quantization is split over the threads with the GEMM and its uint8 rows never leave
+// cache. Each output row depends on its own row alone, so the split changes no result.
+bool fused_rows(const LinearArgs* layers, int n, float* const* ys, Scratch& s, int nthreads,
+                int64_t rb) {
   const detail::KernelTable& kt = detail::kernels_for(active_isa());
-  const int64_t K = a.B.k, rb = rows_per_block(K, a.B.n), nblocks = (a.M + rb - 1) / rb;
-  GemmArgs g = gemm_args(a, s.q.data(), OutKind::f32, y);
-  g.a_zp = s.zp.data();
-  g.a_zp_stride = 1;
-  g.a_scale = s.scale.data();
-  g.a_scale_stride = 1;
+  const LinearArgs& a = layers[0];
+  const int64_t K = a.B.k, nblocks = (a.M + rb - 1) / rb;
+  std::vector<GemmArgs> g;
+  for (int i = 0; i < n; ++i) {
+    g.push_back(gemm_args(layers[i], s.q.data(), OutKind::f32, ys[i]));
+    g.back().a_zp = s.zp.data();
+    g.back().a_zp_stride = 1;
+    g.back().a_scale = s.scale.data();
+    g.back().a_scale_stride = 1;
+  }
   std::atomic<int64_t> next{0};
   std::atomic<bool> finite{true};
   const int nt = static_cast<int>(std::clamp<int64_t>(nthreads, 1, nblocks));
@@ -88,38 +93,53 @@ bool fused_rows(const LinearArgs& a, Scratch& s, float* y, int nthreads) {
         finite.store(false, std::memory_order_relaxed);
         return;
       }
-      kt.gemm_block(g, m0, m1, 0, a.B.n_panels);
+      for (const GemmArgs& gi : g) kt.gemm_block(gi, m0, m1, 0, gi.B.n_panels);
     }
   });
   return finite.load();
 }
 
-// Enough blocks that threads share them evenly; below that (small M) the GEMM driver's
-// column split keeps every thread busy and each streams only part of the weight.
-bool use_fused_rows(const LinearArgs& a, bool per_row, int nthreads) {
-  if (!per_row) return false;
-  const int64_t blocks = a.M / rows_per_block(a.B.k, a.B.n);
-  return blocks >= 4 * std::max(1, nthreads);
+void check_shared_input(const LinearArgs* layers, int n) {
+  if (n < 1) throw std::invalid_argument("at least one layer is needed");
+  for (int i = 0; i < n; ++i) {
+    check(layers[i]);
+    if (layers[i].x != layers[0].x || layers[i].M != layers[0].M ||
+        layers[i].B.k != layers[0].B.k)
+      throw std::invalid_argument("the layers must share one input x [M, K]");
+  }
 }
 
 }  // namespace
 
-bool linear_dynamic_f32(const LinearArgs& a, bool per_row, float* y, int nthreads) {
-  check(a);
+bool linear_dynamic_f32_multi(const LinearArgs* layers, int n, bool per_row, float* const* ys,
+                              int nthreads) {
+  check_shared_input(layers, n);
+  const LinearArgs& a = layers[0];
   if (a.M == 0) return true;
   const int64_t K = a.B.k, nparams = per_row ? a.M : 1;
   Scratch& s = scratch(a.M * K, nparams);
-  if (use_fused_rows(a, per_row, nthreads)) return fused_rows(a, s, y, nthreads);
+  // Enough row blocks that threads share them evenly; below that (small M) the GEMM
+  // driver's column split keeps every thread busy and each streams only part of the weight.
+  int64_t n_total = 0;
+  for (int i = 0; i < n; ++i) n_total += layers[i].B.n;
+  const int64_t rb = rows_per_block(K, n_total);
+  if (per_row && a.M / rb >= 4 * std::max(1, nthreads)) return fused_rows(layers, n, ys, s, nthreads, rb);
   if (!quantize_dynamic_u8(a.x, a.M, K, K, per_row, s.q.data(), K, s.scale.data(),
                            s.zp.data(), nthreads))
     return false;
-  GemmArgs g = gemm_args(a, s.q.data(), OutKind::f32, y);
-  g.a_zp = s.zp.data();
-  g.a_zp_stride = per_row ? 1 : 0;
-  g.a_scale = s.scale.data();
-  g.a_scale_stride = per_row ? 1 : 0;
-  gemm(g, nthreads);
+  for (int i = 0; i < n; ++i) {
+    GemmArgs g = gemm_args(layers[i], s.q.data(), OutKind::f32, ys[i]);
+    g.a_zp = s.zp.data();
+    g.a_zp_stride = per_row ? 1 : 0;
+    g.a_scale = s.scale.data();
+    g.a_scale_stride = per_row ? 1 : 0;
+    gemm(g, nthreads);
+  }
   return true;
+}
+
+bool linear_dynamic_f32(const LinearArgs& a, bool per_row, float* y, int nthreads) {
+  return linear_dynamic_f32_multi(&a, 1, per_row, &y, nthreads);
 }
 
 bool linear_static(const LinearArgs& a, float in_scale, int32_t in_zp, OutKind out, void* y,

@@ -6,6 +6,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "checked_array.h"
 #include "int8kit/linear.h"
@@ -57,6 +58,33 @@ py::array linear_dynamic_py(const py::handle& x, const py::handle& packed,
   return std::move(y);
 }
 
+// One quantization of x for several layers: [packed...], [w_scale...], [bias or None...].
+py::list linear_dynamic_multi_py(const py::handle& x, const py::sequence& packed,
+                                 const py::sequence& w_scale, const py::sequence& bias,
+                                 bool per_row, int nthreads) {
+  const size_t n = packed.size();
+  if (n == 0 || w_scale.size() != n || bias.size() != n)
+    throw py::value_error("packed, w_scale and bias must be lists of one equal length >= 1");
+  std::vector<LinearArgs> layers;
+  std::vector<py::array_t<float>> ys;
+  std::vector<float*> yp;
+  for (size_t i = 0; i < n; ++i) {
+    layers.push_back(linear_args(x, packed[i], w_scale[i], bias[i], false));
+    ys.emplace_back(std::vector<py::ssize_t>{layers[i].M, layers[i].B.n});
+    yp.push_back(ys.back().mutable_data());
+  }
+  bool finite;
+  {
+    py::gil_scoped_release nogil;
+    finite = linear_dynamic_f32_multi(layers.data(), static_cast<int>(n), per_row, yp.data(),
+                                      nthreads);
+  }
+  if (!finite) throw py::value_error("x contains NaN or Inf; cannot quantize activations");
+  py::list out;
+  for (auto& y : ys) out.append(y);
+  return out;
+}
+
 // A one-element parameter array (the modules' input_scale / input_zero_point buffers).
 template <typename T>
 T single(const py::handle& obj, const char* name) {
@@ -92,6 +120,10 @@ void bind_linear(py::module_& m) {
         py::arg("w_scale"), py::arg("bias"), py::arg("per_row"), py::arg("relu"),
         py::arg("threads"),
         "float32 [M, N] from float32 x [M, K]: dynamic uint8 quantization + GEMM, fused");
+  m.def("linear_dynamic_multi", &linear_dynamic_multi_py, py::arg("x"), py::arg("packed"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("per_row"), py::arg("threads"),
+        "[float32 [M, N_i]] from float32 x [M, K] and several packed weights: x quantized "
+        "once (attention's q, k, v), each output as linear_dynamic's");
   m.def("linear_static", &linear_static_py, py::arg("x"), py::arg("packed"),
         py::arg("w_scale"), py::arg("bias"), py::arg("in_scale"), py::arg("in_zero_point"),
         py::arg("relu"), py::arg("out_u8"), py::arg("out_inv_scale"),

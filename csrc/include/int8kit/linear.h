@@ -28,6 +28,12 @@ struct LinearArgs {
 // x holds NaN or Inf.
 bool linear_dynamic_f32(const LinearArgs& a, bool per_row, float* y, int nthreads);
 
+// n layers that read the same x (attention's q, k and v projections): x is quantized once
+// and each layer i writes ys[i]. Every layer must have the same x, M and K. Bit-identical
+// to n linear_dynamic_f32 calls.
+bool linear_dynamic_f32_multi(const LinearArgs* layers, int n, bool per_row, float* const* ys,
+                              int nthreads);
+
 // x quantized with fixed input parameters; out is f32 (y: float*) or u8 (y: uint8_t*,
 // requantized with out_inv_scale and out_zp). Returns false, y unspecified, if x holds
 // NaN or Inf (they would otherwise quantize silently to 0 or 255).

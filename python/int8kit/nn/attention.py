@@ -13,10 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _C
 from ._base import NotConvertibleError, QuantModuleBase
-from .linear import _INPUT_DTYPES, QuantLinear
+from .linear import _INPUT_DTYPES, QuantLinear, _numpy, _use_custom_op
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _plain(m: nn.Module) -> bool:
+    """No hooks would run on m's forward (so calling its kernel directly skips nothing)."""
+    return not (m._forward_hooks or m._forward_pre_hooks
+                or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 def _positive_int(name: str, v) -> int:
@@ -170,6 +178,24 @@ class QuantMultiheadAttention(QuantModuleBase):
                                  f"{[bsz * self.num_heads, tgt, src]} ([batch * num_heads, "
                                  f"target, source]), got {tuple(attn_mask.shape)}")
 
+    def _project(self, query, key, value):
+        """The q, k and v projections. Self-attention in eager mode quantizes its one input
+        once for all three (one native call; the same bits as three QuantLinear calls)."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if not (query is key and key is value) or _use_custom_op(query) or not all(
+                _plain(p) and p.activation_scheme == projs[0].activation_scheme
+                and p.threads == projs[0].threads for p in projs):
+            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        x2 = query.reshape(-1, self.embed_dim)
+        if x2.dtype != torch.float32:
+            x2 = x2.float()
+        views = [p._kernel_views() for p in projs]
+        outs = _C.linear_dynamic_multi(
+            _numpy(x2), [v[0] for v in views], [v[1] for v in views], [v[2] for v in views],
+            projs[0].activation_scheme == "per_row", projs[0].threads or torch.get_num_threads())
+        return [torch.from_numpy(o).reshape(*query.shape[:-1], o.shape[1]).to(query.dtype)
+                for o in outs]
+
     def _heads(self, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
         """[batch, seq, E] (or [seq, batch, E]) -> [batch, heads, seq, head_dim], a view."""
         x = x.unflatten(-1, (self.num_heads, self.head_dim))
@@ -197,9 +223,7 @@ class QuantMultiheadAttention(QuantModuleBase):
         mask = None if causal else _additive(attn_mask, dtype)
 
         # Projections in the input's own layout (a reshape, no copy, for contiguous input).
-        q = self._heads(self.q_proj(query), bf)
-        k = self._heads(self.k_proj(key), bf)
-        v = self._heads(self.v_proj(value), bf)
+        q, k, v = (self._heads(t, bf) for t in self._project(query, key, value))
         bsz, tgt = q.shape[0], q.shape[2]
         extra = []  # key/value columns appended after the source sequence
         if self.bias_k is not None:
