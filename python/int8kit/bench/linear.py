@@ -247,6 +247,9 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
         f"{machine.get('int8kit_cpu_info', {}).get('active_path')})")
     if H.quiet_machine_warning():
         log(H.quiet_machine_warning())
+    # The int8 yardstick: int8kit's tight vpdpbusd loop at each thread count.
+    peaks = {t: H.measure_vnni_peak(t, repeats=3 if quick else 5)["ops_per_s"]
+             for t in thread_list}
     prev_threads = torch.get_num_threads()
     results, mismatches = [], []
     try:
@@ -263,8 +266,10 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
                     cont = {}
                     for name in CONTENDERS:
                         if name in timings:
+                            ops_s = 2 * m * k * n / timings[name].median_s
                             cont[name] = dict(timings[name].to_dict(), rel_err=errs[name],
-                                              gflops=2 * m * k * n / timings[name].median_s / 1e9)
+                                              gflops=ops_s / 1e9,
+                                              frac_peak=ops_s / peaks[t] if peaks[t] else None)
                         else:
                             cont[name] = {"na": case.na.get(name, "not run")}
                     base = timings["int8kit"].median_s
@@ -279,6 +284,7 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
     finally:
         torch.set_num_threads(prev_threads)
     payload = {"benchmark": "linear", "machine": machine, "results": results,
+               "vnni_peak_ops_per_s": peaks,
                "mismatches": mismatches, "footnotes": _footnotes(),
                "settings": {"shapes": [list(s) for s in shape_list], "threads": thread_list,
                             "quick": quick, "rounds": rounds, "target_s": target_s,
@@ -387,15 +393,17 @@ def render(payload: dict) -> str:
         for name in CONTENDERS:
             c = r["contenders"][name]
             if "na" in c:
-                rows.append([shape, r["threads"], LABELS[name], "n/a", "", "", "", f"({c['na']})"])
+                rows.append([shape, r["threads"], LABELS[name], "n/a", "", "", "", "",
+                             f"({c['na']})"])
             else:
                 sp = "" if name == "int8kit" else H.fmt_ratio(r["speedup"][name])
                 rows.append([shape, r["threads"], LABELS[name], H.fmt_us(c["median_s"]),
-                             H.fmt_pct(c["spread_iqr_rel"]), sp, f"{c['rel_err']:.1e}", ""])
+                             H.fmt_pct(c["spread_iqr_rel"]), H.fmt_pct(c.get("frac_peak")), sp,
+                             f"{c['rel_err']:.1e}", ""])
             shape = ""
-        rows.append([""] * 8)
-    lines = [H.format_table(["shape MxKxN", "thr", "contender", "median us", "spread",
-                             "speedup", "rel.err", ""], rows[:-1], align="lrlrrrrl")]
+        rows.append([""] * 9)
+    lines = [H.format_table(["shape MxKxN", "thr", "contender", "median us", "spread", "%peak",
+                             "speedup", "rel.err", ""], rows[:-1], align="lrlrrrrrl")]
     srows = [["x".join(map(str, r["shape"])), r["threads"]]
              + [H.fmt_ratio(r["speedup"].get(c)) for c in CONTENDERS[1:]]
              for r in payload["results"]]
