@@ -240,3 +240,22 @@ def test_per_tensor_weights_and_type_config():
     q = quantize_static(model, torch.randn(8, 1, 6, 6), cfg)
     assert q[0].weight_scale.numel() == 1 and q[3].weight_scale.numel() == 3
     assert isinstance(q[0], STATIC_MODULES)
+
+
+def test_input_params_follow_every_update_of_the_buffers():
+    # forward paths read the input scale and zero point from a cache keyed on the buffers'
+    # identity and version: set_input_qparams, load_state_dict and in-place edits all show.
+    m = StaticQuantLinear.from_float(nn.Linear(4, 3), 0.1, 7)
+    assert m.input_params() == (pytest.approx(0.1), 7)
+    m.set_input_qparams(0.5, 200)
+    assert m.input_params() == (0.5, 200)
+    sd = m.state_dict()
+    sd["input_scale"], sd["input_zero_point"] = torch.tensor([0.25]), torch.tensor([9])
+    m.load_state_dict(sd)
+    assert m.input_params() == (0.25, 9)
+    with torch.no_grad():
+        m.input_scale.mul_(2)
+    assert m.input_params() == (0.5, 9)
+    x = torch.randn(2, 4)
+    assert torch.equal(m.quantize_input(x),
+                       torch.quantize_per_tensor(x, 0.5, 9, torch.quint8).int_repr())

@@ -300,12 +300,17 @@ class QuantSequential(nn.Sequential):
 
     def forward(self, x):
         mods = list(self._modules.values())
-        links = _links(mods)
+        key = tuple(map(id, mods))  # the links change only if the children do
+        cached = self.__dict__.get("_links_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, _links(mods))
+            self.__dict__["_links_cache"] = cached
+        links = cached[1]
         q = zp = None  # the uint8 activation and its zero point, while inside a chain
         for i, m in enumerate(mods):
             if isinstance(m, STATIC_MODULES):
                 nxt = mods[links[i]] if i in links else None
-                out = None if nxt is None else (nxt.input_scale, nxt.input_zero_point)
+                out = None if nxt is None else nxt.input_params()
                 if q is None and isinstance(m, StaticQuantLinear):
                     y = m.forward_float(x, out)  # quantize + GEMM in one native call
                 else:
@@ -313,7 +318,7 @@ class QuantSequential(nn.Sequential):
                 if nxt is None:
                     x, q = y.to(x.dtype), None
                 else:
-                    q, zp = y, int(nxt.input_zero_point)
+                    q, zp = y, out[1]
             elif q is not None:
                 q = _u8_op(m)(q, zp)
             else:

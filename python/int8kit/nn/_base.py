@@ -17,6 +17,8 @@ Where the int8 weight lives in memory is chosen per class:
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -38,6 +40,22 @@ class QuantModuleBase(nn.Module):
     # Scales and bias feed the fused epilogue in float32: model.to(bfloat16) or .half()
     # must not round them (the activations' dtype is handled in forward).
     _float32_buffers: tuple[str, ...] = ()
+
+    # Buffers the kernels read, in the order _kernel_views returns them.
+    _kernel_buffers: tuple[str, ...] = ()
+
+    def _kernel_views(self):
+        """numpy views of the _kernel_buffers, made once: tensor.numpy() costs about a
+        microsecond each per call. Rebuilt when a buffer is replaced (to(),
+        load_state_dict, repacking); in-place updates show through the views."""
+        b = self._buffers
+        cache = self.__dict__.get("_views_cache")
+        if cache is not None and all(map(operator.is_, map(b.get, self._kernel_buffers), cache[0])):
+            return cache[1]
+        key = tuple(b[n] for n in self._kernel_buffers)
+        cache = (key, tuple(None if t is None else t.numpy() for t in key))
+        self.__dict__["_views_cache"] = cache
+        return cache[1]
 
     def _pack(self, *w) -> torch.Tensor:
         raise NotImplementedError

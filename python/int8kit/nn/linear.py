@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import nn
 
@@ -93,19 +91,6 @@ class QuantLinear(QuantModuleBase):
 
     # Buffers the kernels read, in the order _kernel_views returns them.
     _kernel_buffers = ("packed", "weight_scale", "bias")
-
-    def _kernel_views(self):
-        """numpy views of the _kernel_buffers, made once: tensor.numpy() costs about a
-        microsecond each per call. Rebuilt when a buffer is replaced (to(),
-        load_state_dict, repacking); in-place updates show through the views."""
-        b = self._buffers
-        cache = self.__dict__.get("_views_cache")
-        if cache is not None and all(map(operator.is_, map(b.get, self._kernel_buffers), cache[0])):
-            return cache[1]
-        key = tuple(b[n] for n in self._kernel_buffers)
-        cache = (key, tuple(None if t is None else t.numpy() for t in key))
-        self.__dict__["_views_cache"] = cache
-        return cache[1]
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, weight: str = "per_channel",
