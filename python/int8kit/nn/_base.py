@@ -111,7 +111,8 @@ class QuantModuleBase(nn.Module):
         # Pickles (torch.save(model), deepcopy) carry the int8 weight, not the CPU-specific
         # packing: the same `_buffers` as a buffered module's, so old and new files load.
         state = self.__dict__.copy()
-        state.pop("_views_cache", None)  # numpy views of this process's buffers
+        for cache in ("_views_cache", "_input_params_cache"):  # keyed on this process's
+            state.pop(cache, None)                             # buffers: rebuilt on use
         buffers = {k: v for k, v in self._buffers.items() if k != "packed"}
         if self._packed_only:
             buffers = {"qweight": self._unpack(), **buffers}
