@@ -11,7 +11,7 @@ import torch
 import int8kit
 from int8kit import ops
 
-ALL_PATHS = ("scalar", "avx2", "avx512_vnni")
+ALL_PATHS = ("scalar", "avx2", "avx_vnni", "avx512_vnni")
 SUPPORTED_PATHS = list(int8kit.cpu_info()["supported_paths"])
 UNSUPPORTED_PATHS = [p for p in ALL_PATHS if p not in SUPPORTED_PATHS]
 
@@ -42,6 +42,8 @@ def test_cpu_info_is_consistent():
     assert info["active_path"] == ops.get_isa()
     if "avx2" in supported:
         assert f["avx2"] and f["fma"] and f["os_ymm"]
+    if "avx_vnni" in supported:
+        assert f["avx_vnni"] and "avx2" in supported
     if "avx512_vnni" in supported:
         assert all(f[k] for k in ("avx512f", "avx512bw", "avx512vl", "avx512dq",
                                   "avx512_vnni", "os_zmm"))

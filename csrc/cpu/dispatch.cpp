@@ -15,6 +15,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::scalar: return "scalar";
     case Isa::avx2: return "avx2";
+    case Isa::avx_vnni: return "avx_vnni";
     case Isa::avx512_vnni: return "avx512_vnni";
   }
   return "unknown";
@@ -23,9 +24,10 @@ const char* isa_name(Isa isa) {
 Isa parse_isa(const std::string& name) {
   if (name == "scalar") return Isa::scalar;
   if (name == "avx2") return Isa::avx2;
+  if (name == "avx_vnni") return Isa::avx_vnni;
   if (name == "avx512_vnni") return Isa::avx512_vnni;
   throw std::invalid_argument("unknown kernel path '" + name +
-                              "'; expected one of: scalar, avx2, avx512_vnni");
+                              "'; expected one of: scalar, avx2, avx_vnni, avx512_vnni");
 }
 
 bool isa_supported(Isa isa) {
@@ -34,6 +36,7 @@ bool isa_supported(Isa isa) {
     case Isa::scalar: return true;
 #if INT8KIT_HAVE_X86_KERNELS
     case Isa::avx2: return f.avx2 && f.fma;
+    case Isa::avx_vnni: return f.avx2 && f.fma && f.avx_vnni;
     case Isa::avx512_vnni: return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq &&
                                   f.avx512_vnni;
 #else
@@ -45,6 +48,7 @@ bool isa_supported(Isa isa) {
 
 Isa best_supported_isa() {
   if (isa_supported(Isa::avx512_vnni)) return Isa::avx512_vnni;
+  if (isa_supported(Isa::avx_vnni)) return Isa::avx_vnni;
   if (isa_supported(Isa::avx2)) return Isa::avx2;
   return Isa::scalar;
 }
@@ -103,9 +107,11 @@ const KernelTable& kernels_for(Isa isa) {
   static const KernelTable scalar{gemm_block_scalar, minmax_scalar, quantize_u8_scalar};
 #if INT8KIT_HAVE_X86_KERNELS
   static const KernelTable avx2{gemm_block_avx2, minmax_avx2, quantize_u8_avx2};
+  static const KernelTable avx_vnni{gemm_block_avxvnni, minmax_avx2, quantize_u8_avx2};
   static const KernelTable avx512{gemm_block_avx512vnni, minmax_avx512, quantize_u8_avx512,
                                   gemm_gather_block_avx512vnni};
   if (isa == Isa::avx512_vnni) return avx512;
+  if (isa == Isa::avx_vnni) return avx_vnni;
   if (isa == Isa::avx2) return avx2;
 #endif
   (void)isa;

@@ -41,6 +41,7 @@ void quantize_u8_scalar(const float*, int64_t, float, int32_t, uint8_t*);
 
 #if INT8KIT_HAVE_X86_KERNELS
 void gemm_block_avx2(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
+void gemm_block_avxvnni(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
 MinMax minmax_avx2(const float*, int64_t);
 void quantize_u8_avx2(const float*, int64_t, float, int32_t, uint8_t*);
 

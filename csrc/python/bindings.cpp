@@ -42,7 +42,7 @@ py::dict cpu_info() {
   features["os_ymm"] = f.os_ymm;
   features["os_zmm"] = f.os_zmm;
   py::list supported;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512_vnni})
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx_vnni, Isa::avx512_vnni})
     if (isa_supported(isa)) supported.append(isa_name(isa));
   py::dict info;
   info["features"] = features;

@@ -32,8 +32,9 @@ def _threads(threads: int | None) -> int:
 def _isa(isa: str | None) -> str:
     if isa is None:
         return ""
-    if isa not in ("scalar", "avx2", "avx512_vnni"):
-        raise ValueError(f"isa must be one of 'scalar', 'avx2', 'avx512_vnni', got {isa!r}")
+    if isa not in ("scalar", "avx2", "avx_vnni", "avx512_vnni"):
+        raise ValueError("isa must be one of 'scalar', 'avx2', 'avx_vnni', 'avx512_vnni', "
+                         f"got {isa!r}")
     if isa not in _SUPPORTED_PATHS:
         raise RuntimeError(f"kernel path {isa!r} cannot run on this CPU; "
                            f"supported: {list(_SUPPORTED_PATHS)}")
@@ -41,7 +42,7 @@ def _isa(isa: str | None) -> str:
 
 
 def get_isa() -> str:
-    """The kernel path in use ('scalar', 'avx2' or 'avx512_vnni')."""
+    """The kernel path in use ('scalar', 'avx2', 'avx_vnni' or 'avx512_vnni')."""
     return _C.active_isa()
 
 

@@ -6,6 +6,9 @@ Contenders, all timed in this process, interleaved round-robin, medians reported
   int8kit_f32       ops.gemm_f32: same GEMM with the fused epilogue (per-row a_scale and
                     zero point, per-channel w_scale, bias), float32 out
   int8kit_s32_avx2  ops.gemm_s32(..., isa='avx2'): the AVX2 path forced
+  int8kit_s32_avxvnni
+                    ops.gemm_s32(..., isa='avx_vnni'): the AVX-VNNI path forced (ymm
+                    vpdpbusd, for CPUs with VNNI but no AVX-512), when the CPU has it
   torch_f32         torch.nn.functional.linear(x, w, b) in float32
   torch_int_mm      torch._int_mm(int8 A, int8 B) -> int32
   ort_mmi           ONNX Runtime MatMulInteger (uint8 A + zero point, int8 B initializer)
@@ -49,12 +52,13 @@ SHAPES: list[tuple[int, int, int]] = [
 ]
 QUICK_SHAPES = [SHAPES[i] for i in (0, 2, 3, 4)]
 
-CONTENDERS = ["int8kit_s32", "int8kit_f32", "int8kit_s32_avx2", "torch_f32", "torch_int_mm",
-              "ort_mmi"]
+CONTENDERS = ["int8kit_s32", "int8kit_f32", "int8kit_s32_avx2", "int8kit_s32_avxvnni",
+              "torch_f32", "torch_int_mm", "ort_mmi"]
 LABELS = {
     "int8kit_s32": "int8kit s32",
     "int8kit_f32": "int8kit f32-epilogue",
     "int8kit_s32_avx2": "int8kit s32 [avx2]",
+    "int8kit_s32_avxvnni": "int8kit s32 [avx_vnni]",
     "torch_f32": "torch f32 linear",
     "torch_int_mm": "torch._int_mm",
     "ort_mmi": "ORT MatMulInteger",
@@ -145,6 +149,11 @@ class _Case:
             self.fns["int8kit_s32_avx2"] = lambda: ops.gemm_s32(a, zp, p, threads=t, isa="avx2")
         else:
             self.na["int8kit_s32_avx2"] = "this CPU cannot run the AVX2 path"
+        if "avx_vnni" in int8kit.cpu_info()["supported_paths"]:
+            self.fns["int8kit_s32_avxvnni"] = lambda: ops.gemm_s32(a, zp, p, threads=t,
+                                                                   isa="avx_vnni")
+        else:
+            self.na["int8kit_s32_avxvnni"] = "this CPU has no AVX-VNNI"
         x, wf = self.x_f32, self.w_f32
         F = torch.nn.functional
         self.fns["torch_f32"] = lambda: F.linear(x, wf, b)
@@ -214,15 +223,16 @@ class _Case:
     # -- verification --------------------------------------------------------------------
 
     def verify(self) -> dict:
-        """Checks int8kit's int32 results (default and AVX2 path) against torch._int_mm and
+        """Checks int8kit's int32 results (default, AVX2, AVX-VNNI paths) with torch._int_mm and
         ORT (zero points accounted for), and the float epilogue against the exact int32
         result. Returns {"ok": bool, "checks": {...}, "mismatches": [str, ...]}."""
         checks: dict[str, str] = {}
         bad: list[str] = []
         m = self.m
         got = {"int8kit_s32": self.fns["int8kit_s32"]()}
-        if "int8kit_s32_avx2" in self.fns:
-            got["int8kit_s32_avx2"] = self.fns["int8kit_s32_avx2"]()
+        for name in ("int8kit_s32_avx2", "int8kit_s32_avxvnni"):
+            if name in self.fns:
+                got[name] = self.fns[name]()
         colsum = self.w.to(torch.int64).sum(dim=1)                        # [N]
         refs = {}
         if "torch_int_mm" in self.fns:
@@ -302,7 +312,8 @@ def _footnotes(int_mm_padded: bool) -> list[str]:
         "contender's threads want; and a thread that has slept must be woken. The last table "
         "shows int8kit s32's median split by the contender that ran just before it; a large "
         "gap between columns at threads > 1 is such interference, not the kernel.",
-        "Correctness: before timing, int8kit's int32 result (default and AVX2 path) is compared "
+        "Correctness: before timing, int8kit's int32 results (default, AVX2 and AVX-VNNI "
+        "paths) are compared "
         "exactly with torch._int_mm (+ (128 - zp) * colsum(W)) and ORT, and the float epilogue "
         "with an exact float64 computation.",
     ]
@@ -385,9 +396,10 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
                                                      if p in timings else None)
                 ratios["int8kit_f32_vs_torch_f32"] = (timings["torch_f32"].median_s
                                                      / timings["int8kit_f32"].median_s)
-                ratios["avx2_vs_torch_f32"] = (timings["torch_f32"].median_s
-                                               / timings["int8kit_s32_avx2"].median_s
-                                               if "int8kit_s32_avx2" in timings else None)
+                for path in ("avx2", "avxvnni"):
+                    own = timings.get(f"int8kit_s32_{path}")
+                    ratios[f"{path}_vs_torch_f32"] = (timings["torch_f32"].median_s
+                                                      / own.median_s if own else None)
                 padded = getattr(case, "int_mm_padded_to", None)
                 any_padded |= bool(padded)
                 res = {
@@ -477,17 +489,18 @@ def render(payload: dict) -> str:
                       H.fmt_ratio(ra["int8kit_s32_vs_torch_int_mm"]),
                       H.fmt_ratio(ra["int8kit_s32_vs_ort_mmi"]),
                       H.fmt_ratio(ra["int8kit_f32_vs_torch_f32"]),
-                      H.fmt_ratio(avx2), target,
+                      H.fmt_ratio(avx2), target, H.fmt_ratio(ra.get("avxvnni_vs_torch_f32")),
                       "ok" if r["verification"]["ok"] else "MISMATCH"])
     lines.append(H.format_table(
         ["shape MxKxN", "thr", "rounds", "s32/f32", "s32/_int_mm", "s32/ORT",
          "f32epi/f32", "avx2/f32", f"avx2>={AVX2_TARGET:.0f}x@M>={AVX2_TARGET_MIN_M}",
-         "verify"], srows, align="lrrrrrrrrl"))
+         "avx_vnni/f32", "verify"], srows, align="lrrrrrrrrrl"))
     lines.append("(ratios: peer median / int8kit median; >1 means int8kit is faster)")
 
     lines.append("")
     lines.append("int8kit s32 median (us) by the contender that ran just before it:")
     short = {"int8kit_s32": "s32", "int8kit_f32": "f32-epi", "int8kit_s32_avx2": "avx2",
+             "int8kit_s32_avxvnni": "avx_vnni",
              "torch_f32": "torch f32", "torch_int_mm": "_int_mm", "ort_mmi": "ORT"}
     arows = []
     for r in payload["results"]:
