@@ -37,6 +37,18 @@ SHAPES = [
     (2, 15, 13, 32, 48, 3, 1, 1, 1, 1),   # one run per kernel row; tiles cross rows, images
     (1, 9, 11, 12, 10, 3, 1, 2, (1, 2), 1),  # horizontal dilation: one run per tap
     (1, 8, 9, 16, 20, 3, (2, 1), 0, 1, 1),  # no padding: x itself is read
+    # depthwise 3x3 stride 1 with C = 8, 16, 32: 64 / C pixels per vector, partial last one
+    (1, 7, 13, 32, 32, 3, 1, 1, 1, 32),   # 6 full vectors (a 4-vector run) + 1 pixel
+    (2, 6, 9, 16, 16, 3, 1, 1, 1, 16),    # batch 2, 2 full vectors + 1 pixel
+    (1, 5, 37, 16, 16, 3, 1, 1, 1, 16),   # 9 full vectors + 1 pixel
+    (1, 5, 11, 16, 16, 3, 1, 0, 1, 16),   # no padding: windows run past the row end
+    (2, 4, 10, 32, 32, 3, 1, 0, 1, 32),   # no padding, no partial vector
+    (2, 5, 3, 16, 16, 3, 1, 1, 1, 16),    # output narrower than a vector
+    (1, 6, 1, 32, 32, 3, 1, 1, 1, 32),    # an image 1 pixel wide
+    (1, 5, 3, 32, 32, 3, 1, 0, 1, 32),    # 1 output pixel, no padding
+    (1, 6, 5, 16, 16, 3, 1, (2, 3), 1, 16),  # padding wider than 1
+    (1, 4, 67, 8, 8, 3, 1, 1, 1, 8),      # C = 8: two 4-vector runs + 3 pixels
+    (1, 4, 7, 8, 8, 3, 1, (0, 1), 1, 8),  # C = 8, output narrower than a vector
 ]
 
 
@@ -110,7 +122,7 @@ def test_paths_bit_identical_to_oracle(rng, ref, path, shape):
             want_u8, f"u8 {path} t{threads}")
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[8], SHAPES[3]], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[8], SHAPES[3], SHAPES[19]], ids=str)
 def test_extreme_values_exact(ref, path, shape):
     x, w = make(np.random.default_rng(0), shape, extreme=True)
     _, _, _, _, _, k, s, p, d, g = shape

@@ -190,6 +190,12 @@ RowBlockFn row_block_for(const GemmArgs& e) {
 // 3 vpdpbusd per 16 channels (built columns x, x+1, x+2). The unpacks scramble channels:
 // vector v, dword 4L+k holds channel 16L+4v+k. Accumulators stay in that order; the u8
 // epilogue runs in it (vpackus restores channel order), the others transpose first.
+//
+// C = 8, 16, 32 would leave most of each vector idle, so P = 64 / C adjacent pixels share
+// one: the 64-byte window at pixel q holds channel i % C of pixel q + i / C in byte i
+// ("channel" i above). Output vector X (pixels P*X .. P*X+P-1) then needs the windows at
+// padded columns P*X + kw, and weights and epilogue inputs repeat every C lanes. A window
+// crosses pixels, so the input rows are first copied into rows padded with zero points.
 
 // The 4x4 transpose of 128-bit chunks (an involution): scrambled <-> channel order.
 inline void xpose128(const __m512i* in, __m512i* out) {
@@ -269,27 +275,57 @@ __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const Bloc
   }
 }
 
-// PX output pixels from built columns col[0 .. PX+2).
-template <int PX, OutKind OUT, bool RELU>
+// Dwords S .. S+15 of the pair (a, b): the window S/4 channels past a's, for built columns.
+template <int S>
+inline __m512i shift_dw(__m512i a, __m512i b) {
+  if constexpr (S == 0) return a;
+  else if constexpr (S == 16) return b;
+  else return _mm512_alignr_epi32(b, a, S);
+}
+
+// PX output vectors from built columns, stored at off + i*ostep. SH == 0: vector i reads
+// columns col[i*P + kw]. SH > 0 (super-pixels of C = 4*SH >= 16 channels): col[i] is the
+// window at padded column P*i, and the window kw pixels on is col[i], col[i+1] shifted by
+// kw*C bytes; C is a multiple of 16, so the shift moves whole 128-bit lanes, and the
+// unpacks' scrambled order survives it.
+template <int PX, int SH, OutKind OUT, bool RELU>
 __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
-                                       const BlockEpiS& bs, const __m512i* col,
+                                       const BlockEpiS& bs, const __m512i* col, int64_t P,
                                        const __m512i* w, __mmask64 lmask, int64_t off,
-                                       int64_t C) {
+                                       int64_t ostep) {
   __m512i acc[PX][4];
 #pragma GCC unroll 8
   for (int i = 0; i < PX; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
+  if constexpr (SH == 0) {
 #pragma GCC unroll 3
-  for (int kw = 0; kw < 3; ++kw)
+    for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        const __m512i wv = _mm512_load_si512(w + kw * 4 + v);
+#pragma GCC unroll 8
+        for (int i = 0; i < PX; ++i)
+          dpbusd(acc[i][v], _mm512_load_si512(col + (i * P + kw) * 4 + v), wv);
+      }
+  } else {
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      const __m512i wv = _mm512_load_si512(w + kw * 4 + v);
+      const __m512i w0 = _mm512_load_si512(w + v), w1 = _mm512_load_si512(w + 4 + v),
+                    w2 = _mm512_load_si512(w + 8 + v);
+      __m512i a = _mm512_load_si512(col + v);
 #pragma GCC unroll 8
-      for (int i = 0; i < PX; ++i) dpbusd(acc[i][v], _mm512_load_si512(col + (i + kw) * 4 + v), wv);
+      for (int i = 0; i < PX; ++i) {
+        const __m512i b = _mm512_load_si512(col + (i + 1) * 4 + v);
+        dpbusd(acc[i][v], a, w0);
+        dpbusd(acc[i][v], shift_dw<SH>(a, b), w1);
+        dpbusd(acc[i][v], shift_dw<2 * SH>(a, b), w2);
+        a = b;
+      }
     }
+  }
 #pragma GCC unroll 8
-  for (int i = 0; i < PX; ++i) finish3<OUT, RELU>(e, be, bs, lmask, off + i * C, acc[i]);
+  for (int i = 0; i < PX; ++i) finish3<OUT, RELU>(e, be, bs, lmask, off + i * ostep, acc[i]);
 }
 
 // One output row, one block: builds ow + 2 columns, then the pixels.
@@ -332,25 +368,109 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
   const int64_t row_off = r * j.ow * C + c0;
   int64_t x = 0;
   for (; x + kPx <= j.ow; x += kPx)
-    pixels3<kPx, OUT, RELU>(e, be, bs, cols + x * 4, w, lmask, row_off + x * C, C);
+    pixels3<kPx, 0, OUT, RELU>(e, be, bs, cols + x * 4, 1, w, lmask, row_off + x * C, C);
   for (; x < j.ow; ++x)
-    pixels3<1, OUT, RELU>(e, be, bs, cols + x * 4, w, lmask, row_off + x * C, C);
+    pixels3<1, 0, OUT, RELU>(e, be, bs, cols + x * 4, 1, w, lmask, row_off + x * C, C);
 }
 
-using RowBlock3Fn = void (*)(const DwJob&, int64_t, int64_t, const __m512i*, __m512i*);
-
-RowBlock3Fn row_block3_for(const GemmArgs& e) {
-  switch (e.out) {
-    case OutKind::s32: return row_block3<OutKind::s32, false>;
-    case OutKind::f32: return e.relu ? row_block3<OutKind::f32, true> : row_block3<OutKind::f32, false>;
-    case OutKind::u8: return e.relu ? row_block3<OutKind::u8, true> : row_block3<OutKind::u8, false>;
+// Epilogue inputs for C = 64 / P channels repeated P times: lane i is channel i % C.
+void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t C, BlockEpi* be) {
+  alignas(64) int32_t cs[64];
+  alignas(64) float ws[64], bias[64];
+  GemmArgs r = e;
+  for (int i = 0; i < 64; ++i) {
+    const int64_t c = i & (C - 1);  // i % C, C a power of 2
+    cs[i] = e.B.colsum[c];
+    if (e.out != OutKind::s32 && e.w_scale_stride != 0) ws[i] = e.w_scale[c];
+    if (e.out != OutKind::s32 && e.bias) bias[i] = e.bias[c];
   }
-  return row_block3<OutKind::s32, false>;
+  r.B.colsum = cs;
+  if (e.w_scale_stride != 0) r.w_scale = ws;
+  if (e.bias) r.bias = bias;
+  load_block_epi(r, x_zp, 0, 64, be);
 }
 
-// Weights of block b, column kw, vector v: dword 4L+k = channel c0+16L+4v+k, bytes
-// (w[0][kw], w[1][kw], w[2][kw], 0) of that channel (dw_plain is zero past C).
-void pack_w3(const ConvView& wt, __m512i* out) {
+// Output rows [r0, r1) of C = 64 / P channels, P > 1: ceil(ow / P) vectors per row, the last
+// one partial when P does not divide ow (masked stores of its valid pixels). C >= 16 builds
+// the windows at padded columns P*X only (SH = C/4, see pixels3), C = 8 those at P*X + kw.
+template <int SH, OutKind OUT, bool RELU>
+void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, const __m512i* w,
+                 __m512i* cols) {
+  const ConvArgs& a = *j.a;
+  const ConvParams& p = a.wt.p;
+  const GemmArgs& e = j.epi;
+  const int64_t C = p.in_channels, nx = (j.ow + P - 1) / P, full = j.ow / P;
+  // Padded rows of P*(nx+1) pixels hold every window read: 3 input row slots (an input row
+  // is copied once while the output rows move down) and a row of zero points.
+  const int64_t len = 64 * (nx + 1);
+  std::vector<uint8_t> pad(static_cast<size_t>(4 * len), static_cast<uint8_t>(a.x_zp));
+  int64_t held[3] = {-1, -1, -1};  // flattened (n, ih) of each slot
+  BlockEpi be;
+  load_super_epi(e, a.x_zp, C, &be);
+  BlockEpiS bs;
+  if constexpr (OUT == OutKind::u8) scramble_epi(be, &bs);
+  const int64_t tail_bytes = (j.ow - full * P) * C;  // valid bytes of the partial vector
+  BlockEpi tail = be;
+  for (int v = 0; v < 4; ++v) tail.m[v] = mask16(tail_bytes - 16 * v);
+  const __mmask64 all = ~__mmask64(0), tail_mask = (__mmask64(1) << tail_bytes) - 1;
+  const int64_t cstep = SH ? 1 : P;  // built columns per output vector
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / j.oh, y = r % j.oh;
+    const uint8_t* q[3];
+    for (int k = 0; k < 3; ++k) {
+      const int64_t ih = y - p.pad_h + k, slot = ih % 3;
+      q[k] = pad.data() + (ih >= 0 && ih < a.h ? slot : 3) * len;
+      if (ih < 0 || ih >= a.h || held[slot] == n * a.h + ih) continue;
+      std::copy_n(dw_tap(j, n, ih, 0), a.w * C, pad.data() + slot * len + p.pad_w * C);
+      held[slot] = n * a.h + ih;
+    }
+    if constexpr (SH > 0) {
+      for (int64_t x = 0; x <= nx; ++x)  // windows at padded columns P*x
+        build_col<true>(q[0] + x * 64, q[1] + x * 64, q[2] + x * 64, all, cols + x * 4);
+    } else {
+      for (int64_t cc = 0; cc < P * (nx - 1) + 3; ++cc)
+        if ((cc & (P - 1)) < 3)  // columns P*x + kw only (P is a power of 2: no division)
+          build_col<true>(q[0] + cc * C, q[1] + cc * C, q[2] + cc * C, all, cols + cc * 4);
+    }
+    const int64_t row_off = r * j.ow * C;
+    int64_t x = 0;
+    for (; x + kPx <= full; x += kPx)
+      pixels3<kPx, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * 64, 64);
+    for (; x < full; ++x)
+      pixels3<1, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * 64, 64);
+    if (tail_bytes)
+      pixels3<1, SH, OUT, RELU>(e, tail, bs, cols + x * cstep * 4, P, w, tail_mask,
+                                row_off + x * 64, 64);
+  }
+}
+
+// Rows [r0, r1): P == 1 goes block by block, one pixel per vector; P > 1 as above.
+template <OutKind OUT, bool RELU>
+void rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, const __m512i* w,
+           __m512i* cols) {
+  if (P == 2) return super_rows3<8, OUT, RELU>(j, r0, r1, P, w, cols);
+  if (P == 4) return super_rows3<4, OUT, RELU>(j, r0, r1, P, w, cols);
+  if (P == 8) return super_rows3<0, OUT, RELU>(j, r0, r1, P, w, cols);
+  const int64_t blocks = j.a->wt.cp / kDwBlock;
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t b = 0; b < blocks; ++b) row_block3<OUT, RELU>(j, r, b, w, cols);
+}
+
+using Rows3Fn = void (*)(const DwJob&, int64_t, int64_t, int64_t, const __m512i*, __m512i*);
+
+Rows3Fn rows3_for(const GemmArgs& e) {
+  switch (e.out) {
+    case OutKind::s32: return rows3<OutKind::s32, false>;
+    case OutKind::f32: return e.relu ? rows3<OutKind::f32, true> : rows3<OutKind::f32, false>;
+    case OutKind::u8: return e.relu ? rows3<OutKind::u8, true> : rows3<OutKind::u8, false>;
+  }
+  return rows3<OutKind::s32, false>;
+}
+
+// Weights of block b, column kw, vector v: dword 4L+k = channel c0 + (16L+4v+k) % span
+// (span = 64, or C for super-pixels; a power of 2), bytes (w[0][kw], w[1][kw], w[2][kw], 0)
+// of that channel (dw_plain is zero past C).
+void pack_w3(const ConvView& wt, int64_t span, __m512i* out) {
   const int64_t blocks = wt.cp / kDwBlock;
   for (int64_t b = 0; b < blocks; ++b)
     for (int kw = 0; kw < 3; ++kw)
@@ -358,7 +478,7 @@ void pack_w3(const ConvView& wt, __m512i* out) {
         alignas(64) int8_t buf[64];
         for (int L = 0; L < 4; ++L)
           for (int k = 0; k < 4; ++k) {
-            const int64_t c = b * kDwBlock + 16 * L + 4 * v + k;
+            const int64_t c = b * kDwBlock + ((16 * L + 4 * v + k) & (span - 1));
             int8_t* d = buf + 4 * (4 * L + k);
             for (int kh = 0; kh < 3; ++kh) d[kh] = wt.dw_plain[(kh * 3 + kw) * wt.cp + c];
             d[3] = 0;
@@ -369,15 +489,16 @@ void pack_w3(const ConvView& wt, __m512i* out) {
 
 void depthwise3x3s1_rows(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvView& wt = j.a->wt;
-  const int64_t blocks = wt.cp / kDwBlock;
+  const int64_t C = wt.p.in_channels, blocks = wt.cp / kDwBlock;
+  // Pixels per vector: 64 / C for C = 8, 16, 32 (then blocks == 1), else 1.
+  const int64_t P = C >= 8 && C < 64 && 64 % C == 0 ? 64 / C : 1;
+  const int64_t ncol = P * ((j.ow + P - 1) / P) + 2;  // columns built: ow + 2 when P == 1
   struct alignas(64) Z { int8_t b[64]; };
-  std::vector<Z> wbuf(static_cast<size_t>(blocks * 12)), cbuf(static_cast<size_t>((j.ow + 2) * 4));
+  std::vector<Z> wbuf(static_cast<size_t>(blocks * 12)), cbuf(static_cast<size_t>(ncol * 4));
   __m512i* wpk = reinterpret_cast<__m512i*>(wbuf.data());
   __m512i* cols = reinterpret_cast<__m512i*>(cbuf.data());
-  pack_w3(wt, wpk);
-  const RowBlock3Fn fn = row_block3_for(j.epi);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, wpk, cols);
+  pack_w3(wt, 64 / P, wpk);
+  rows3_for(j.epi)(j, r0, r1, P, wpk, cols);
 }
 
 }  // namespace
