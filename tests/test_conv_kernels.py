@@ -131,6 +131,25 @@ def test_extreme_values_exact(ref, path, shape):
                                   ref_conv_s32(x, 0, w, s, p, d, g))
 
 
+@pytest.mark.parametrize("c", [32, 64, 130])  # depthwise: super-pixel, one and three blocks
+@pytest.mark.parametrize("groups", ["depthwise", 1])
+def test_u8_epilogue_overflowing_scales_match_the_oracle(path, c, groups):
+    # x_scale * w_scale overflows to inf: zero sums give NaN (0 * inf) and the others
+    # +-inf. Clamping then rounding must give the oracle's bytes (NaN -> 0) on every path.
+    rng = np.random.default_rng(5)
+    g = c if groups == "depthwise" else 1
+    x = rng.integers(0, 256, (1, 7, 9, c), dtype=np.uint8)
+    x[0, 2:5, 2:5, :] = 9  # the zero point: windows of zero sums
+    w = rng.integers(-128, 128, (c, c // g, 3, 3), dtype=np.int8)
+    packed = co.pack_conv_weight(w, 1, 1, 1, g)
+    for w_scale, relu in ((3e38, False), (3e38, True), (1e-38, False)):
+        ws = np.full(c, w_scale, np.float32)
+        bias = np.linspace(-5, 5, c).astype(np.float32)
+        args = (x, 9, 10.0, packed, ws, 0.5, 3, bias)
+        want = co.conv2d_u8(*args, relu=relu, isa="scalar")
+        np.testing.assert_array_equal(co.conv2d_u8(*args, relu=relu, isa=path), want)
+
+
 def test_padding_reads_the_zero_point(rng, path):
     """With zp != 0, padding by zp (real zero) and by 0 give different results; ours is zp."""
     for groups, c in ((1, 6), (6, 6)):  # GEMM path and depthwise path

@@ -209,14 +209,16 @@ inline void xpose128(const __m512i* in, __m512i* out) {
   out[3] = _mm512_shuffle_i32x4(t1, t3, 0xDD);  // a3 b3 c3 d3
 }
 
-// Epilogue inputs for a block in scrambled order (u8 path).
+// Epilogue inputs for a block in scrambled order (u8 path). The zero-point correction is
+// where the accumulators start: acc0 = -zp * tap sums.
 struct BlockEpiS {
-  __m512i zpcs[4];
+  __m512i acc0[4];
   __m512 s[4], bias[4];
 };
 
 inline void scramble_epi(const BlockEpi& be, BlockEpiS* bs) {
-  xpose128(be.zpcs, bs->zpcs);
+  xpose128(be.zpcs, bs->acc0);
+  for (int v = 0; v < 4; ++v) bs->acc0[v] = _mm512_sub_epi32(_mm512_setzero_si512(), bs->acc0[v]);
   __m512i t[4], u[4];
   for (int v = 0; v < 4; ++v) t[v] = _mm512_castps_si512(be.s[v]);
   xpose128(t, u);
@@ -250,16 +252,18 @@ __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const Bloc
     __m512i q[4];
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {  // epi_store16_t's u8 arithmetic, lane for lane
-      __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[v], bs.zpcs[v])),
-                                 bs.s[v], bs.bias[v]);
+      __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[v]), bs.s[v], bs.bias[v]);
       if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
       __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(e.out_inv_scale),
                                  _mm512_set1_ps(static_cast<float>(e.out_zp)));
-      t = _mm512_max_ps(t, _mm512_setzero_ps());
-      t = _mm512_min_ps(t, _mm512_set1_ps(255.f));
+      // The clamp at 0 is left to the saturating packs below (negative -> 0). With 255.f
+      // first, min_ps passes a NaN t through; it converts to INT_MIN and packs to 0, which
+      // is what clamping NaN gives in the scalar form.
+      t = _mm512_min_ps(_mm512_set1_ps(255.f), t);
       q[v] = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
-    // q in [0, 255]: the saturating packs are exact; lane L -> channels 16L .. 16L+15.
+    // q <= 255: the saturating packs map q < 0 to 0 and are exact above; lane L ->
+    // channels 16L .. 16L+15.
     const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
                                           _mm512_packus_epi32(q[2], q[3]));
     _mm512_mask_storeu_epi8(static_cast<uint8_t*>(e.C) + off, lmask, p);
@@ -293,11 +297,12 @@ __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
                                        const BlockEpiS& bs, const __m512i* col, int64_t P,
                                        const __m512i* w, __mmask64 lmask, int64_t off,
                                        int64_t ostep) {
-  __m512i acc[PX][4];
+  __m512i acc[PX][4];  // u8: starting at -zp * tap sums (the correction, see BlockEpiS)
 #pragma GCC unroll 8
   for (int i = 0; i < PX; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) acc[i][v] = _mm512_setzero_si512();
+    for (int v = 0; v < 4; ++v)
+      acc[i][v] = OUT == OutKind::u8 ? bs.acc0[v] : _mm512_setzero_si512();
   if constexpr (SH == 0) {
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw)
