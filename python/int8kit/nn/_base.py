@@ -2,17 +2,16 @@
 
 A quantized module keeps three kinds of state:
   * persistent buffers (float32 scales, float32 bias, ...): saved by state_dict();
-  * the weight, saved as a plain int8 `qweight` (CPU-independent) and run from one
-    non-persistent uint8 buffer `packed` in the kernel layout (never saved);
+  * the weight, run from one non-persistent uint8 buffer `packed` in the kernel layout,
+    the only copy in memory;
   * plain attributes for the scheme (not tensors, not saved in state_dict).
 
-Where the int8 weight lives in memory is chosen per class:
-  * `_packed_only = False`: `qweight` is also a persistent buffer and `packed` is rebuilt
-    from it (load_state_dict, unpickling): two copies of the weight in memory.
-  * `_packed_only = True`: only `packed` is kept. state_dict(), pickles and deepcopies
-    still carry a plain int8 `qweight` (unpacked on save with `_unpack()`), and loading
-    packs it again, so saved files are the same as with the buffer. The class exposes
-    `qweight` as a read-only property for inspection (see QuantLinear).
+state_dict(), pickles and deepcopies carry the weight as a plain int8 `qweight`
+(CPU-independent, unpacked on save with `_unpack()`), and loading packs it again for the
+CPU it runs on. Classes expose `qweight` as a read-only property for inspection (see
+QuantLinear). A module without a weight of its own (a container of quantized modules,
+such as QuantMultiheadAttention) sets `_owns_weight = False` and saves, loads and pickles
+as an nn.Module.
 """
 
 from __future__ import annotations
@@ -28,14 +27,11 @@ class NotConvertibleError(ValueError):
 
 
 class QuantModuleBase(nn.Module):
-    """Subclasses define _pack() and list their float32 buffers.
+    """Subclasses with a weight define _pack(w) -> uint8 tensor from the int8 weight w,
+    _unpack() -> w, and _qweight_shape() -> the weight's shape (to check what
+    load_state_dict gets), and list their float32 buffers."""
 
-    Buffered classes: _pack() -> uint8 tensor, from the `qweight` buffer.
-    Packed-only classes: _pack(w) -> uint8 tensor from the int8 weight w, _unpack() -> w,
-    and _qweight_shape() -> the weight's shape (to check what load_state_dict gets).
-    """
-
-    _packed_only: bool = False
+    _owns_weight: bool = True  # False: no weight of its own (see the module docstring)
 
     # Scales and bias feed the fused epilogue in float32: model.to(bfloat16) or .half()
     # must not round them (the activations' dtype is handled in forward).
@@ -57,7 +53,7 @@ class QuantModuleBase(nn.Module):
         self.__dict__["_views_cache"] = cache
         return cache[1]
 
-    def _pack(self, *w) -> torch.Tensor:
+    def _pack(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _unpack(self) -> torch.Tensor:
@@ -69,18 +65,12 @@ class QuantModuleBase(nn.Module):
     def _packed_device(self) -> torch.device:
         return self.packed.device if "packed" in self._buffers else torch.device("cpu")
 
-    def _repack(self) -> None:
-        """Buffered classes: rebuild `packed` from the `qweight` buffer."""
-        if self._packed_only:
-            raise TypeError(f"{type(self).__name__} keeps no qweight buffer; use _set_qweight")
-        self.register_buffer("packed", self._pack().to(self._packed_device()), persistent=False)
-
     def _set_qweight(self, w: torch.Tensor) -> None:
-        """Packed-only classes: the int8 weight w becomes the packed buffer (w not kept)."""
+        """The int8 weight w becomes the packed buffer (w itself is not kept)."""
         self.register_buffer("packed", self._pack(w).to(self._packed_device()), persistent=False)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self._packed_only:  # first, where the buffer used to be registered: same key order
+        if self._owns_weight:  # first, where the buffer used to be registered: same key order
             destination[prefix + "qweight"] = self._unpack()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
@@ -88,8 +78,7 @@ class QuantModuleBase(nn.Module):
                               unexpected_keys, error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if not self._packed_only:
-            self._repack()  # packed layout is private to this process and CPU: rebuild it
+        if not self._owns_weight:
             return
         key = prefix + "qweight"
         if key in unexpected_keys:  # not a buffer here, but ours to read
@@ -108,26 +97,24 @@ class QuantModuleBase(nn.Module):
             self._set_qweight(w)
 
     def __getstate__(self):
-        # Pickles (torch.save(model), deepcopy) carry the int8 weight, not the CPU-specific
-        # packing: the same `_buffers` as a buffered module's, so old and new files load.
+        # Pickles (torch.save(model), deepcopy) carry the int8 weight as a `qweight` buffer,
+        # not the CPU-specific packing (files from before the packing-only modules load).
         state = self.__dict__.copy()
         for cache in ("_views_cache", "_input_params_cache"):  # keyed on this process's
             state.pop(cache, None)                             # buffers: rebuilt on use
         buffers = {k: v for k, v in self._buffers.items() if k != "packed"}
-        if self._packed_only:
+        if self._owns_weight:
             buffers = {"qweight": self._unpack(), **buffers}
         state["_buffers"] = buffers
         return state
 
     def __setstate__(self, state):
-        if self._packed_only:
-            state = dict(state, _buffers=dict(state["_buffers"]))
-            w = state["_buffers"].pop("qweight")
-            super().__setstate__(state)
-            self._set_qweight(w)
-        else:
-            super().__setstate__(state)
-            self._repack()
+        if not self._owns_weight:
+            return super().__setstate__(state)
+        state = dict(state, _buffers=dict(state["_buffers"]))
+        w = state["_buffers"].pop("qweight")
+        super().__setstate__(state)
+        self._set_qweight(w)
 
     def _apply(self, fn, recurse=True):
         kept = {n: getattr(self, n) for n in self._float32_buffers
@@ -146,7 +133,7 @@ class QuantModuleBase(nn.Module):
         int8 (what state_dict() holds)."""
         total = sum(b.numel() * b.element_size() for name, b in self._buffers.items()
                     if b is not None and (include_packed or name != "packed"))
-        if self._packed_only and not include_packed:
+        if self._owns_weight and not include_packed:
             n = 1
             for d in self._qweight_shape():
                 n *= d

@@ -79,6 +79,7 @@ class QuantMultiheadAttention(QuantModuleBase):
     """
 
     _float32_buffers = ("bias_k", "bias_v")
+    _owns_weight = False  # a container: the QuantLinear children hold the weights
     in_proj_weight = None
     in_proj_bias = None
 
@@ -266,14 +267,6 @@ class QuantMultiheadAttention(QuantModuleBase):
         out = out.permute(0, 2, 1, 3) if bf else out.permute(2, 0, 1, 3)
         out = self.out_proj(out.flatten(-2))
         return (out if batched else out.squeeze(0)), weights
-
-    # A container: the QuantLinear children hold and pack the weights, so the packing
-    # hooks of QuantModuleBase (repack on load and unpickle) have nothing to do here.
-    def _load_from_state_dict(self, *args, **kwargs):
-        nn.Module._load_from_state_dict(self, *args, **kwargs)
-
-    def __setstate__(self, state):
-        nn.Module.__setstate__(self, state)
 
     def weight_bytes(self, include_packed: bool = True) -> int:
         own = sum(b.numel() * b.element_size() for b in self._buffers.values() if b is not None)

@@ -46,7 +46,6 @@ class QuantConv2d(QuantModuleBase):
     """
 
     _float32_buffers = ("weight_scale", "bias")
-    _packed_only = True  # the int8 weight lives only in `packed` (see _base.py)
     _kernel_buffers = ("packed", "weight_scale", "bias")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,

@@ -44,7 +44,6 @@ class QuantLinear(QuantModuleBase):
     """
 
     _float32_buffers = ("weight_scale", "bias")
-    _packed_only = True  # the int8 weight lives only in `packed` (see _base.py)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: str = "per_channel", activation: str = "per_row",
