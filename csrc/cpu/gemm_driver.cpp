@@ -68,10 +68,14 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
     block(g, 0, g.M, 0, g.B.n_panels);
     return;
   }
-  // About kTilesPerThread tiles each: columns first (a thread then streams only its own
-  // weights), rows only when there are too few column units.
+  // About kTilesPerThread tiles each. A weight that fits in L2 is cheap to re-read: then,
+  // with rows enough, tiles are row ranges over all columns, so each thread keeps its own
+  // A rows hot (2 threads, 1024x384x1536: 60% -> 89% of peak; 512x1024^2: 86% -> 97%).
+  // Otherwise columns first (a thread then streams only its own part of the weight), rows
+  // only when there are too few column units.
   const int64_t want = nt * kTilesPerThread;
-  const int64_t n_tiles = std::min(n_units, want);
+  const bool rows_first = detail::weight_fits_l2(g.B) && m_units >= want;
+  const int64_t n_tiles = rows_first ? 1 : std::min(n_units, want);
   const int64_t m_tiles = std::min(m_units, std::max<int64_t>(1, want / n_tiles));
   const int64_t units_per_tile = (n_units + n_tiles - 1) / n_tiles;
   const int64_t rows_per_tile = (m_units + m_tiles - 1) / m_tiles * kRowsPerUnit;

@@ -54,4 +54,12 @@ void quantize_u8_avx512(const float*, int64_t, float, int32_t, uint8_t*);
 
 const KernelTable& kernels_for(Isa isa);
 
+// Cache blocking shared by the GEMM driver and the AVX-512 kernel: a packed weight up to
+// 1 MB stays in L2 (2 MB per core on the CPUs this targets) beside the rows of A.
+constexpr int64_t kSmallRowBlockBytes = int64_t(64) << 10;
+constexpr int64_t kLargeRowBlockBytes = int64_t(1) << 20;
+inline bool weight_fits_l2(const PackedView& b) {
+  return b.n_panels * b.panel_bytes() <= (int64_t(1) << 20);
+}
+
 }  // namespace int8kit::detail
