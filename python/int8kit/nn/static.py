@@ -89,6 +89,17 @@ class _StaticMixin:
         self.input_scale.copy_(scale)
         self.input_zero_point.copy_(zp.to(torch.int32))
 
+    def _fill(self, w, scale, zp, per_channel: bool, bias, input_scale, input_zero_point):
+        """from_float's last step: weight w quantized with (scale, zp), bias, input params."""
+        self._set_qweight(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
+                                   zp.reshape(-1) if per_channel else zp.reshape(()),
+                                   signed=True, axis=0 if per_channel else None))
+        self.weight_scale.copy_(scale.reshape(-1))
+        if bias is not None:
+            self.bias.copy_(bias)
+        self.set_input_qparams(input_scale, input_zero_point)
+        return self
+
     def input_params(self) -> tuple[float, int]:
         """(scale, zero point) of the input as Python numbers, cached until the buffers are
         replaced or changed in place (their version counters move)."""
@@ -161,14 +172,7 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   weight="per_channel" if per_channel else "per_tensor", relu=relu,
                   threads=threads)
-        mod._set_qweight(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
-                                  zp.reshape(-1) if per_channel else zp.reshape(()),
-                                  signed=True, axis=0 if per_channel else None))
-        mod.weight_scale.copy_(scale.reshape(-1))
-        if base.bias is not None:
-            mod.bias.copy_(base.bias)
-        mod.set_input_qparams(input_scale, input_zero_point)
-        return mod
+        return mod._fill(w, scale, zp, per_channel, base.bias, input_scale, input_zero_point)
 
     def _check_x(self, x) -> None:
         _check_input(x)
@@ -248,14 +252,7 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
                   _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
                   weight="per_channel" if per_channel else "per_tensor", relu=relu,
                   threads=threads)
-        mod._set_qweight(quantize(w, scale.reshape(-1) if per_channel else scale.reshape(()),
-                                  zp.reshape(-1) if per_channel else zp.reshape(()),
-                                  signed=True, axis=0 if per_channel else None))
-        mod.weight_scale.copy_(scale.reshape(-1))
-        if base.bias is not None:
-            mod.bias.copy_(base.bias)
-        mod.set_input_qparams(input_scale, input_zero_point)
-        return mod
+        return mod._fill(w, scale, zp, per_channel, base.bias, input_scale, input_zero_point)
 
     def _check_shape(self, shape, what: str) -> None:
         if len(shape) != 4 or shape[1] != self.in_channels:
