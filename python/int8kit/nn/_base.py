@@ -22,6 +22,21 @@ import torch
 from torch import nn
 
 
+# What the quantized modules take as activations (their output has the same dtype).
+INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_float_input(x, name: str = "x") -> None:
+    """A float CPU tensor, or a TypeError/ValueError naming `name`."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in INPUT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if not x.is_cpu:  # (x.device builds an object: 0.4 us)
+        raise ValueError(f"{name} must be a CPU tensor (int8kit's kernels run on CPU), "
+                         f"got device {x.device}")
+
+
 class NotConvertibleError(ValueError):
     """A float module that a quantized module cannot represent (reported, then skipped)."""
 

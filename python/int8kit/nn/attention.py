@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _C
-from ._base import NotConvertibleError, QuantModuleBase
-from .linear import _INPUT_DTYPES, QuantLinear, _numpy, _use_custom_op
+from ._base import INPUT_DTYPES, NotConvertibleError, QuantModuleBase
+from .linear import QuantLinear, _numpy, _use_custom_op
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -47,7 +47,7 @@ def _check_tensor(name: str, x, *, mask: bool = False) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if mask and x.dtype != torch.bool and not x.is_floating_point():
         raise TypeError(f"{name} must be a bool or floating-point tensor, got {x.dtype}")
-    if not mask and x.dtype not in _INPUT_DTYPES:
+    if not mask and x.dtype not in INPUT_DTYPES:
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
     if x.is_nested:  # TransformerEncoder makes them only on its fused path
         raise TypeError(f"{name}: nested tensors are not supported (set use_nested_tensor="

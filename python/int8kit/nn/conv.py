@@ -7,11 +7,10 @@ from torch import nn
 
 from .. import conv_ops
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, QuantModuleBase
+from ._base import NotConvertibleError, QuantModuleBase, check_float_input
 from ._conv_op import conv2d_dynamic, conv2d_dynamic_impl
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
-_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _use_custom_op(x: torch.Tensor) -> bool:
@@ -135,12 +134,7 @@ class QuantConv2d(QuantModuleBase):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in _INPUT_DTYPES:
-            raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
-        if x.device.type != "cpu":
-            raise ValueError(f"x must be a CPU tensor, got device {x.device}")
+        check_float_input(x)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape [N, {self.in_channels} (in_channels), H, W], "
                              f"got {tuple(x.shape)}")

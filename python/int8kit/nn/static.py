@@ -24,21 +24,9 @@ import torch
 
 from .. import _C
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError
+from ._base import NotConvertibleError, check_float_input
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
-
-_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check_input(x, name: str = "x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _INPUT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-    if not x.is_cpu:  # (x.device builds an object: 0.4 us)
-        raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
-
 
 def _quantize_fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     """uint8 tensor of x's shape, with the kernels' quantizer (bit-identical to gemm_u8's
@@ -117,7 +105,7 @@ class _StaticMixin:
         return s * (0 - z), s * (255 - z)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        check_float_input(x)
         return _quantize_fixed(x, *self.input_params())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +163,7 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         return mod._fill(w, scale, zp, per_channel, base.bias, input_scale, input_zero_point)
 
     def _check_x(self, x) -> None:
-        _check_input(x)
+        check_float_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape [..., {self.in_features}] (in_features), "
                              f"got {tuple(x.shape)}")
@@ -264,7 +252,7 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
                              f"{self.padding}) is smaller than the dilated kernel")
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x)
+        check_float_input(x)
         self._check_shape(x.shape, "x")
         nhwc = x.permute(0, 2, 3, 1)
         if nhwc.is_contiguous():  # channels_last: quantize in memory order, keep it
