@@ -49,6 +49,15 @@ SHAPES = [
     (1, 6, 5, 16, 16, 3, 1, (2, 3), 1, 16),  # padding wider than 1
     (1, 4, 67, 8, 8, 3, 1, 1, 1, 8),      # C = 8: two 4-vector runs + 3 pixels
     (1, 4, 7, 8, 8, 3, 1, (0, 1), 1, 8),  # C = 8, output narrower than a vector
+    # depthwise 3x3 stride 1 whose last block has 16 or 32 channels: that block goes
+    # 64 / 16 or 64 / 32 pixels per vector, its pixels C bytes apart in memory
+    (1, 7, 13, 80, 80, 3, 1, 1, 1, 80),   # 64 + 16: 3 full vectors + 1 pixel
+    (2, 6, 9, 96, 96, 3, 1, 1, 1, 96),    # 64 + 32, batch 2: 4 full vectors + 1 pixel
+    (1, 5, 37, 144, 144, 3, 1, 1, 1, 144),  # 128 + 16: a 4-vector run, partial vector
+    (1, 11, 20, 160, 160, 3, 1, 0, 1, 160),  # 128 + 32, no padding, 9 rows: two row passes
+    (2, 19, 6, 80, 80, 3, 1, 1, 1, 80),   # row passes that cross images
+    (1, 6, 5, 96, 96, 3, 1, (2, 3), 1, 96),  # padding wider than 1
+    (1, 5, 1, 144, 144, 3, 1, 1, 1, 144),  # an image 1 pixel wide
 ]
 
 

@@ -29,6 +29,8 @@ DEPTHWISE = [
     (5, 3, 4, 8, 8, 3, 1, 1, 1, 8),
     (2, 13, 11, 32, 32, 3, 1, 1, 1, 32),  # 2 pixels per vector, bands across threads
     (1, 10, 9, 16, 16, 3, 1, (1, 0), 1, 16),  # 4 pixels per vector, no side padding
+    (2, 11, 9, 144, 144, 3, 1, 1, 1, 144),  # last block of 16 channels, 4 pixels per vector
+    (1, 13, 10, 96, 96, 3, 1, 1, 1, 96),  # last block of 32 channels, 2 pixels per vector
 ]
 
 

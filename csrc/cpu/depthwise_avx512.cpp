@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "conv_kernels.h"
@@ -244,10 +245,14 @@ inline void build_col(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, _
   _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, czhi));
 }
 
+// Lanes hold pixels of w channels each (w = 64 / pixels per vector); in the output, pixel q
+// of the vector starts at off + q * (w + gap). gap = 0 when the vector's channels are all of
+// the conv's (contiguous pixels), else the channels that other blocks hold (w >= 16 then).
 template <OutKind OUT, bool RELU>
 __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const BlockEpi& be,
                                                    const BlockEpiS& bs, __mmask64 lmask,
-                                                   int64_t off, const __m512i* acc) {
+                                                   int64_t off, int64_t w, int64_t gap,
+                                                   const __m512i* acc) {
   if constexpr (OUT == OutKind::u8) {
     __m512i q[4];
 #pragma GCC unroll 4
@@ -266,15 +271,22 @@ __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const Bloc
     // channels 16L .. 16L+15.
     const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
                                           _mm512_packus_epi32(q[2], q[3]));
-    _mm512_mask_storeu_epi8(static_cast<uint8_t*>(e.C) + off, lmask, p);
+    uint8_t* y = static_cast<uint8_t*>(e.C) + off;
+    if (gap == 0) {
+      _mm512_mask_storeu_epi8(y, lmask, p);
+    } else {  // pixel q's w bytes land at y + q * (w + gap): the store shifted by q * gap
+      const __mmask64 one = (__mmask64(1) << w) - 1;
+      for (int64_t q = 0; q * w < 64; ++q)
+        if (const __mmask64 m = lmask & (one << (q * w))) _mm512_mask_storeu_epi8(y + q * gap, m, p);
+    }
   } else {
     __m512i out[4];
     xpose128(acc, out);
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       if (!be.m[v]) break;
-      epi_store16_t<OUT, RELU>(e, off + 16 * v, be.m[v], _mm512_sub_epi32(out[v], be.zpcs[v]),
-                               be.s[v], be.bias[v]);
+      epi_store16_t<OUT, RELU>(e, off + 16 * v + 16 * v / w * gap, be.m[v],
+                               _mm512_sub_epi32(out[v], be.zpcs[v]), be.s[v], be.bias[v]);
     }
   }
 }
@@ -296,7 +308,7 @@ template <int PX, int SH, OutKind OUT, bool RELU>
 __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
                                        const BlockEpiS& bs, const __m512i* col, int64_t P,
                                        const __m512i* w, __mmask64 lmask, int64_t off,
-                                       int64_t ostep) {
+                                       int64_t ostep, int64_t lane_w, int64_t gap) {
   __m512i acc[PX][4];  // u8: starting at -zp * tap sums (the correction, see BlockEpiS)
 #pragma GCC unroll 8
   for (int i = 0; i < PX; ++i)
@@ -330,7 +342,8 @@ __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < PX; ++i) finish3<OUT, RELU>(e, be, bs, lmask, off + i * ostep, acc[i]);
+  for (int i = 0; i < PX; ++i)
+    finish3<OUT, RELU>(e, be, bs, lmask, off + i * ostep, lane_w, gap, acc[i]);
 }
 
 // One output row, one block: builds ow + 2 columns, then the pixels.
@@ -373,18 +386,19 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
   const int64_t row_off = r * j.ow * C + c0;
   int64_t x = 0;
   for (; x + kPx <= j.ow; x += kPx)
-    pixels3<kPx, 0, OUT, RELU>(e, be, bs, cols + x * 4, 1, w, lmask, row_off + x * C, C);
+    pixels3<kPx, 0, OUT, RELU>(e, be, bs, cols + x * 4, 1, w, lmask, row_off + x * C, C, 64, 0);
   for (; x < j.ow; ++x)
-    pixels3<1, 0, OUT, RELU>(e, be, bs, cols + x * 4, 1, w, lmask, row_off + x * C, C);
+    pixels3<1, 0, OUT, RELU>(e, be, bs, cols + x * 4, 1, w, lmask, row_off + x * C, C, 64, 0);
 }
 
-// Epilogue inputs for C = 64 / P channels repeated P times: lane i is channel i % C.
-void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t C, BlockEpi* be) {
+// Epilogue inputs for w = 64 / P channels from c0 repeated P times: lane i is channel
+// c0 + i % w.
+void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t c0, int64_t w, BlockEpi* be) {
   alignas(64) int32_t cs[64];
   alignas(64) float ws[64], bias[64];
   GemmArgs r = e;
   for (int i = 0; i < 64; ++i) {
-    const int64_t c = i & (C - 1);  // i % C, C a power of 2
+    const int64_t c = c0 + (i & (w - 1));  // i % w, w a power of 2
     cs[i] = e.B.colsum[c];
     if (e.out != OutKind::s32 && e.w_scale_stride != 0) ws[i] = e.w_scale[c];
     if (e.out != OutKind::s32 && e.bias) bias[i] = e.bias[c];
@@ -395,26 +409,30 @@ void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t C, BlockEpi* be) {
   load_block_epi(r, x_zp, 0, 64, be);
 }
 
-// Output rows [r0, r1) of C = 64 / P channels, P > 1: ceil(ow / P) vectors per row, the last
-// one partial when P does not divide ow (masked stores of its valid pixels). C >= 16 builds
-// the windows at padded columns P*X only (SH = C/4, see pixels3), C = 8 those at P*X + kw.
+// Output rows [r0, r1) of the w = 64 / P channels from c0 (P > 1), P pixels per vector:
+// ceil(ow / P) vectors per row, the last one partial when P does not divide ow (masked
+// stores of its valid pixels). Either the conv has exactly w channels (c0 = 0), or they
+// are the narrow tail (w = 16 or 32) of a wider one, whose other blocks go one pixel per
+// vector. w >= 16 builds the windows at padded columns P*X only (SH = w/4, see pixels3),
+// w = 8 those at P*X + kw.
 template <int SH, OutKind OUT, bool RELU>
-void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, const __m512i* w,
-                 __m512i* cols) {
+void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
+                 const __m512i* w, __m512i* cols) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
   const GemmArgs& e = j.epi;
-  const int64_t C = p.in_channels, nx = (j.ow + P - 1) / P, full = j.ow / P;
-  // Padded rows of P*(nx+1) pixels hold every window read: 3 input row slots (an input row
-  // is copied once while the output rows move down) and a row of zero points.
+  const int64_t C = p.in_channels, lw = 64 / P, gap = C - lw;
+  const int64_t nx = (j.ow + P - 1) / P, full = j.ow / P;
+  // Padded rows of P*(nx+1) pixels of lw channels hold every window read: 3 input row slots
+  // (an input row is copied once while the output rows move down) and a row of zero points.
   const int64_t len = 64 * (nx + 1);
   std::vector<uint8_t> pad(static_cast<size_t>(4 * len), static_cast<uint8_t>(a.x_zp));
   int64_t held[3] = {-1, -1, -1};  // flattened (n, ih) of each slot
   BlockEpi be;
-  load_super_epi(e, a.x_zp, C, &be);
+  load_super_epi(e, a.x_zp, c0, lw, &be);
   BlockEpiS bs;
   if constexpr (OUT == OutKind::u8) scramble_epi(be, &bs);
-  const int64_t tail_bytes = (j.ow - full * P) * C;  // valid bytes of the partial vector
+  const int64_t tail_bytes = (j.ow - full * P) * lw;  // valid bytes of the partial vector
   BlockEpi tail = be;
   for (int v = 0; v < 4; ++v) tail.m[v] = mask16(tail_bytes - 16 * v);
   const __mmask64 all = ~__mmask64(0), tail_mask = (__mmask64(1) << tail_bytes) - 1;
@@ -426,7 +444,12 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, const __m512
       const int64_t ih = y - p.pad_h + k, slot = ih % 3;
       q[k] = pad.data() + (ih >= 0 && ih < a.h ? slot : 3) * len;
       if (ih < 0 || ih >= a.h || held[slot] == n * a.h + ih) continue;
-      std::copy_n(dw_tap(j, n, ih, 0), a.w * C, pad.data() + slot * len + p.pad_w * C);
+      const uint8_t* src = dw_tap(j, n, ih, 0) + c0;
+      uint8_t* dst = pad.data() + slot * len + p.pad_w * lw;
+      if (gap == 0)
+        std::copy_n(src, a.w * C, dst);
+      else
+        for (int64_t x = 0; x < a.w; ++x) std::memcpy(dst + x * lw, src + x * C, lw);
       held[slot] = n * a.h + ih;
     }
     if constexpr (SH > 0) {
@@ -435,33 +458,48 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, const __m512
     } else {
       for (int64_t cc = 0; cc < P * (nx - 1) + 3; ++cc)
         if ((cc & (P - 1)) < 3)  // columns P*x + kw only (P is a power of 2: no division)
-          build_col<true>(q[0] + cc * C, q[1] + cc * C, q[2] + cc * C, all, cols + cc * 4);
+          build_col<true>(q[0] + cc * lw, q[1] + cc * lw, q[2] + cc * lw, all, cols + cc * 4);
     }
-    const int64_t row_off = r * j.ow * C;
+    const int64_t row_off = r * j.ow * C + c0, vstep = P * C;  // output vector x at row_off + x*vstep
     int64_t x = 0;
     for (; x + kPx <= full; x += kPx)
-      pixels3<kPx, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * 64, 64);
+      pixels3<kPx, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * vstep,
+                                  vstep, lw, gap);
     for (; x < full; ++x)
-      pixels3<1, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * 64, 64);
+      pixels3<1, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * vstep,
+                                vstep, lw, gap);
     if (tail_bytes)
       pixels3<1, SH, OUT, RELU>(e, tail, bs, cols + x * cstep * 4, P, w, tail_mask,
-                                row_off + x * 64, 64);
+                                row_off + x * vstep, vstep, lw, gap);
   }
 }
 
-// Rows [r0, r1): P == 1 goes block by block, one pixel per vector; P > 1 as above.
+// Output rows per pass when a narrow tail follows the full blocks: the tail's few input
+// rows are then still in cache, and its setup (padded rows, epilogue lanes) is amortized.
+constexpr int64_t kTailRows = 8;
+
+// Rows [r0, r1): P > 1 as above; P == 1 goes block by block, one pixel per vector, except
+// a narrow last block of tail_w = 16 or 32 channels, which goes P = 64 / tail_w pixels per
+// vector (one pixel per vector would leave 3/4 or 1/2 of each vector idle).
 template <OutKind OUT, bool RELU>
-void rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, const __m512i* w,
+void rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t tail_w, const __m512i* w,
            __m512i* cols) {
-  if (P == 2) return super_rows3<8, OUT, RELU>(j, r0, r1, P, w, cols);
-  if (P == 4) return super_rows3<4, OUT, RELU>(j, r0, r1, P, w, cols);
-  if (P == 8) return super_rows3<0, OUT, RELU>(j, r0, r1, P, w, cols);
-  const int64_t blocks = j.a->wt.cp / kDwBlock;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t b = 0; b < blocks; ++b) row_block3<OUT, RELU>(j, r, b, w, cols);
+  if (P == 2) return super_rows3<8, OUT, RELU>(j, r0, r1, P, 0, w, cols);
+  if (P == 4) return super_rows3<4, OUT, RELU>(j, r0, r1, P, 0, w, cols);
+  if (P == 8) return super_rows3<0, OUT, RELU>(j, r0, r1, P, 0, w, cols);
+  const int64_t blocks = j.a->wt.cp / kDwBlock, full = tail_w ? blocks - 1 : blocks;
+  const __m512i* tail_wts = w + full * 12;
+  for (int64_t c = r0; c < r1; c += kTailRows) {
+    const int64_t ce = std::min(r1, c + kTailRows);
+    for (int64_t r = c; r < ce; ++r)
+      for (int64_t b = 0; b < full; ++b) row_block3<OUT, RELU>(j, r, b, w, cols);
+    if (tail_w == 32) super_rows3<8, OUT, RELU>(j, c, ce, 2, full * kDwBlock, tail_wts, cols);
+    if (tail_w == 16) super_rows3<4, OUT, RELU>(j, c, ce, 4, full * kDwBlock, tail_wts, cols);
+  }
 }
 
-using Rows3Fn = void (*)(const DwJob&, int64_t, int64_t, int64_t, const __m512i*, __m512i*);
+using Rows3Fn = void (*)(const DwJob&, int64_t, int64_t, int64_t, int64_t, const __m512i*,
+                         __m512i*);
 
 Rows3Fn rows3_for(const GemmArgs& e) {
   switch (e.out) {
@@ -473,37 +511,41 @@ Rows3Fn rows3_for(const GemmArgs& e) {
 }
 
 // Weights of block b, column kw, vector v: dword 4L+k = channel c0 + (16L+4v+k) % span
-// (span = 64, or C for super-pixels; a power of 2), bytes (w[0][kw], w[1][kw], w[2][kw], 0)
-// of that channel (dw_plain is zero past C).
-void pack_w3(const ConvView& wt, int64_t span, __m512i* out) {
+// (span = 64, or the lane width w of super-pixels, for the last block tail_span; a power
+// of 2), bytes (w[0][kw], w[1][kw], w[2][kw], 0) of that channel (dw_plain is zero past C).
+void pack_w3(const ConvView& wt, int64_t span, int64_t tail_span, __m512i* out) {
   const int64_t blocks = wt.cp / kDwBlock;
-  for (int64_t b = 0; b < blocks; ++b)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t sb = b == blocks - 1 ? tail_span : span;
     for (int kw = 0; kw < 3; ++kw)
       for (int v = 0; v < 4; ++v) {
         alignas(64) int8_t buf[64];
         for (int L = 0; L < 4; ++L)
           for (int k = 0; k < 4; ++k) {
-            const int64_t c = b * kDwBlock + ((16 * L + 4 * v + k) & (span - 1));
+            const int64_t c = b * kDwBlock + ((16 * L + 4 * v + k) & (sb - 1));
             int8_t* d = buf + 4 * (4 * L + k);
             for (int kh = 0; kh < 3; ++kh) d[kh] = wt.dw_plain[(kh * 3 + kw) * wt.cp + c];
             d[3] = 0;
           }
         out[(b * 3 + kw) * 4 + v] = _mm512_load_si512(buf);
       }
+  }
 }
 
 void depthwise3x3s1_rows(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvView& wt = j.a->wt;
   const int64_t C = wt.p.in_channels, blocks = wt.cp / kDwBlock;
-  // Pixels per vector: 64 / C for C = 8, 16, 32 (then blocks == 1), else 1.
+  // Pixels per vector: 64 / C for C = 8, 16, 32 (then blocks == 1), else 1, and for a last
+  // block of 16 or 32 channels 64 / that.
   const int64_t P = C >= 8 && C < 64 && 64 % C == 0 ? 64 / C : 1;
+  const int64_t tail_w = P == 1 && (C % kDwBlock == 16 || C % kDwBlock == 32) ? C % kDwBlock : 0;
   const int64_t ncol = P * ((j.ow + P - 1) / P) + 2;  // columns built: ow + 2 when P == 1
   struct alignas(64) Z { int8_t b[64]; };
   std::vector<Z> wbuf(static_cast<size_t>(blocks * 12)), cbuf(static_cast<size_t>(ncol * 4));
   __m512i* wpk = reinterpret_cast<__m512i*>(wbuf.data());
   __m512i* cols = reinterpret_cast<__m512i*>(cbuf.data());
-  pack_w3(wt, 64 / P, wpk);
-  rows3_for(j.epi)(j, r0, r1, P, wpk, cols);
+  pack_w3(wt, 64 / P, tail_w ? tail_w : 64 / P, wpk);
+  rows3_for(j.epi)(j, r0, r1, P, tail_w, wpk, cols);
 }
 
 }  // namespace
