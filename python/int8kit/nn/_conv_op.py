@@ -5,11 +5,13 @@ laid out channels-last (both in one C++ pass), convolved with the packed int8 we
 the dequantize + bias (+ ReLU) epilogue fused, and returned as a channels_last-strided NCHW tensor, or a
 contiguous one when ``channels_last`` is False. The fake implementation states only the
 output shape and strides, so torch.compile / torch.export never touch the packed bytes.
-Eager modules call ``conv2d_dynamic_impl`` directly (the dispatcher costs microseconds).
+Eager modules call ``conv2d_dynamic_np`` directly with cached numpy views of their buffers
+(the dispatcher, and each tensor-to-numpy call, cost microseconds).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import _C
@@ -20,6 +22,36 @@ def _out_hw(h: int, w: int, p: list[int]) -> tuple[int, int]:
     return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
+def nchw_numpy(x: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """(array, nhwc): a 4-D tensor's data as a C-contiguous numpy array without a copy
+    where possible: [N, H, W, C] (nhwc True) for channels_last strides, else [N, C, H, W].
+    The layout is read from numpy's view, which costs less than asking torch."""
+    a = (x.detach() if x.requires_grad else x).numpy()
+    if a.flags.c_contiguous:
+        return a, False
+    t = a.transpose(0, 2, 3, 1)
+    return (t, True) if t.flags.c_contiguous else (np.ascontiguousarray(a), False)
+
+
+def conv2d_dynamic_np(xa: np.ndarray, x_nhwc: bool, packed: np.ndarray, w_scale: np.ndarray,
+                      bias: np.ndarray | None, params: list[int], relu: bool, threads: int,
+                      channels_last: bool, isa: str = "") -> torch.Tensor:
+    """The work of conv2d_dynamic on numpy views (xa from nchw_numpy); threads > 0."""
+    if x_nhwc:
+        n, h, w, _ = xa.shape
+    else:
+        n, _, h, w = xa.shape
+    oc = params[1]
+    oh, ow = _out_hw(h, w, params)
+    y = np.empty((n, oh, ow, oc) if channels_last else (n, oc, oh, ow), np.float32)
+    if n > 0:
+        ok, _, _ = _C.conv2d_dynamic_f32(xa, x_nhwc, packed, w_scale, bias, bool(relu), y,
+                                         channels_last, threads, isa)
+        if not ok:
+            raise ValueError("x contains NaN or Inf; cannot quantize activations")
+    return torch.from_numpy(y.transpose(0, 3, 1, 2) if channels_last else y)
+
+
 def conv2d_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                         bias: torch.Tensor | None, params: list[int], relu: bool,
                         threads: int, channels_last: bool, isa: str = "") -> torch.Tensor:
@@ -28,25 +60,11 @@ def conv2d_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Te
     One C++ call does the range scan, the quantize fused with the layout change, the conv
     and the output layout (the separate passes cost more than the kernel at small sizes).
     """
-    x = x.detach()
-    n, c, h, w = x.shape
-    oc = params[1]
-    oh, ow = _out_hw(h, w, params)
-    nthreads = threads if threads > 0 else torch.get_num_threads()
-    x_nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    xa = (x.permute(0, 2, 3, 1) if x_nhwc else x.contiguous()).numpy()
-    if channels_last:
-        y = torch.empty((n, oh, ow, oc), dtype=torch.float32)
-        out = y.permute(0, 3, 1, 2)
-    else:
-        out = y = torch.empty((n, oc, oh, ow), dtype=torch.float32)
-    if n > 0:
-        ok, _, _ = _C.conv2d_dynamic_f32(xa, x_nhwc, packed.numpy(), w_scale.numpy(),
-                                         None if bias is None else bias.numpy(), bool(relu),
-                                         y.numpy(), channels_last, nthreads, isa)
-        if not ok:
-            raise ValueError("x contains NaN or Inf; cannot quantize activations")
-    return out
+    xa, x_nhwc = nchw_numpy(x)
+    return conv2d_dynamic_np(xa, x_nhwc, packed.numpy(), w_scale.numpy(),
+                             None if bias is None else bias.numpy(), params, relu,
+                             threads if threads > 0 else torch.get_num_threads(),
+                             channels_last, isa)
 
 
 @torch.library.custom_op("int8kit::conv2d_dynamic", mutates_args=(), device_types="cpu")

@@ -8,7 +8,7 @@ from torch import nn
 from .. import conv_ops
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, QuantModuleBase, check_float_input
-from ._conv_op import conv2d_dynamic, conv2d_dynamic_impl
+from ._conv_op import conv2d_dynamic, conv2d_dynamic_np, nchw_numpy
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
 
@@ -135,21 +135,26 @@ class QuantConv2d(QuantModuleBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(x)
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+        shape = x.shape
+        if len(shape) != 4 or shape[1] != self.in_channels:
             raise ValueError(f"x must have shape [N, {self.in_channels} (in_channels), H, W], "
-                             f"got {tuple(x.shape)}")
+                             f"got {tuple(shape)}")
         kh, kw = self.kernel_size
         (ph, pw), (dh, dw) = self.padding, self.dilation
-        if x.shape[2] + 2 * ph < dh * (kh - 1) + 1 or x.shape[3] + 2 * pw < dw * (kw - 1) + 1:
-            raise ValueError(f"x's spatial size {tuple(x.shape[2:])} (padded by "
+        if shape[2] + 2 * ph < dh * (kh - 1) + 1 or shape[3] + 2 * pw < dw * (kw - 1) + 1:
+            raise ValueError(f"x's spatial size {tuple(shape[2:])} (padded by "
                              f"{self.padding}) is smaller than the dilated kernel")
-        channels_last = (x.is_contiguous(memory_format=torch.channels_last)
-                         and not x.is_contiguous())
-        xf = x.to(torch.float32)
-        args = (xf, self.packed, self.weight_scale, self.bias, self._params, False,
-                self.threads or 0, channels_last)
-        y = conv2d_dynamic(*args) if _use_custom_op(x) else conv2d_dynamic_impl(*args)
-        return y.to(x.dtype)
+        xf = x if x.dtype == torch.float32 else x.float()  # keeps the memory format
+        if _use_custom_op(x):
+            channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                             and not x.is_contiguous())
+            y = conv2d_dynamic(xf, self.packed, self.weight_scale, self.bias, self._params,
+                               False, self.threads or 0, channels_last)
+        else:  # eager: the layout read from numpy, buffers as cached numpy views
+            xa, nhwc = nchw_numpy(xf)
+            y = conv2d_dynamic_np(xa, nhwc, *self._kernel_views(), self._params, False,
+                                  self.threads or torch.get_num_threads(), nhwc)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def dequantize_weight(self) -> torch.Tensor:
         """The float32 weight the kernels effectively use: qweight * scale (per channel)."""

@@ -25,6 +25,7 @@ import torch
 from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, check_float_input
+from ._conv_op import nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
 
@@ -274,12 +275,12 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
         ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         y = np.empty((n, oh, ow, self.out_channels), np.float32 if req is None else np.uint8)
         if n:
-            qn = q.permute(0, 2, 3, 1)
+            qa, nhwc = nchw_numpy(q)
             packed, w_scale, bias, in_scale, in_zp = self._kernel_views()
-            _C.conv2d(qn.numpy() if qn.is_contiguous() else qn.contiguous().numpy(),
+            _C.conv2d(qa if nhwc else np.ascontiguousarray(qa.transpose(0, 2, 3, 1)),
                       int(in_zp[0]), packed, y, float(in_scale[0]), w_scale, bias, self.relu,
                       inv, zp, self.threads or torch.get_num_threads(), "")
-        return torch.from_numpy(y).permute(0, 3, 1, 2)
+        return torch.from_numpy(y.transpose(0, 3, 1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.forward_quantized(self.quantize_input(x)).to(x.dtype)
