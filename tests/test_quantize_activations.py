@@ -209,6 +209,24 @@ def test_non_finite_in_a_late_row_with_threads(rng, path):
                 quantize_on(path, x, per_row, threads)
 
 
+def test_fixed_parameters_clamp_nan_huge_and_ties_as_the_scalar_path(rng, path):
+    # Static quantization has fixed parameters, so values far outside [0, 255] after scaling
+    # (and NaN, when the caller skips the check) reach the quantize loop: every path must
+    # clamp them exactly as the scalar one (NaN and anything below -0.5 -> 0, above -> 255).
+    from int8kit import _C
+    for n in (1, 15, 16, 17, 63, 64, 65, 130, 1000):
+        x = (rng.standard_normal(n) * rng.choice([1, 1e3, 1e12, 1e38], n)).astype(np.float32)
+        x[rng.integers(0, n, max(1, n // 10))] = np.nan
+        x[rng.integers(0, n, max(1, n // 20))] = -0.004  # rounds to -0 at scale 0.01
+        for scale, zp in ((0.01, 0), (0.1, 128), (3.0, 255), (1e-30, 7)):
+            got, want = np.empty(n, np.uint8), np.empty(n, np.uint8)
+            with ops.use_isa(path):
+                _C.quantize_u8(x, scale, zp, got, False)
+            with ops.use_isa("scalar"):
+                _C.quantize_u8(x, scale, zp, want, False)
+            np.testing.assert_array_equal(got, want, err_msg=f"n={n} scale={scale} zp={zp}")
+
+
 def test_largest_finite_values_are_accepted(path):
     big = np.finfo(np.float32).max
     x = np.array([[big, -big, 0.0, 1.0]], np.float32)

@@ -2,31 +2,31 @@
 // loop; bit-identical to quantize_ref.cpp.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels.h"
 
 namespace int8kit::detail {
 
 MinMax minmax_avx512(const float* x, int64_t n) {
   __m512 lo = _mm512_set1_ps(x[0]), hi = lo;
-  // |x| == Inf or NaN  <=>  not (|x| <= FLT_MAX); an ordered compare is false for NaN.
-  const __m512 big = _mm512_set1_ps(3.402823466e38f);
-  __mmask16 bad = 0;
+  // Inf shows in the final lo or hi; NaN must be looked for, since vminps/vmaxps drop it
+  // when it is the first operand: an unordered compare of two vectors flags a NaN in either.
+  __mmask16 nan = 0;
   int64_t i = 0;
   // Four independent min/max chains: one chain is bound by vminps latency (4 cycles).
   __m512 lo1 = lo, hi1 = hi, lo2 = lo, hi2 = hi, lo3 = lo, hi3 = hi;
   for (; i + 64 <= n; i += 64) {
-    const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
-    const __m512 v2 = _mm512_loadu_ps(x + i + 32), v3 = _mm512_loadu_ps(x + i + 48);
+    __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+    __m512 v2 = _mm512_loadu_ps(x + i + 32), v3 = _mm512_loadu_ps(x + i + 48);
+    // One load per vector: left alone, GCC folds each load into min, max and compare alike
+    // (10 loads per 4 vectors), and the loop is bound by the load ports.
+    __asm__("" : "+v"(v0), "+v"(v1), "+v"(v2), "+v"(v3));
     lo = _mm512_min_ps(lo, v0), hi = _mm512_max_ps(hi, v0);
     lo1 = _mm512_min_ps(lo1, v1), hi1 = _mm512_max_ps(hi1, v1);
     lo2 = _mm512_min_ps(lo2, v2), hi2 = _mm512_max_ps(hi2, v2);
     lo3 = _mm512_min_ps(lo3, v3), hi3 = _mm512_max_ps(hi3, v3);
-    const __m512 m01 = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
-    const __m512 m23 = _mm512_max_ps(_mm512_abs_ps(v2), _mm512_abs_ps(v3));
-    // NaN must reach the compare: vmaxps returns its second operand when either is NaN,
-    // so test each pair's operands separately where a NaN could be dropped.
-    bad |= _mm512_cmp_ps_mask(m01, big, _CMP_NLE_UQ) | _mm512_cmp_ps_mask(m23, big, _CMP_NLE_UQ) |
-           _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v2, _CMP_UNORD_Q);
+    nan |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v3, _CMP_UNORD_Q);
   }
   lo = _mm512_min_ps(_mm512_min_ps(lo, lo1), _mm512_min_ps(lo2, lo3));
   hi = _mm512_max_ps(_mm512_max_ps(hi, hi1), _mm512_max_ps(hi2, hi3));
@@ -34,26 +34,41 @@ MinMax minmax_avx512(const float* x, int64_t n) {
     const __m512 v = _mm512_loadu_ps(x + i);
     lo = _mm512_min_ps(lo, v);
     hi = _mm512_max_ps(hi, v);
-    bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), big, _CMP_NLE_UQ);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   }
   if (i < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512 v = _mm512_mask_loadu_ps(lo, m, x + i);  // unused lanes repeat lo
     lo = _mm512_min_ps(lo, v);
     hi = _mm512_max_ps(hi, _mm512_mask_mov_ps(hi, m, v));
-    bad |= _mm512_mask_cmp_ps_mask(m, _mm512_abs_ps(v), big, _CMP_NLE_UQ);
+    nan |= _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
   }
-  return {_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), bad == 0};
+  const float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+  return {l, h, nan == 0 && std::isfinite(l) && std::isfinite(h)};
 }
 
 namespace {
 
+// fma(x, 1/scale, zp) clamped to [0, 255] and rounded half to even, as the scalar form:
+// only the upper clamp is done in float (min with 255 first lets a NaN through); the
+// conversion then gives a negative int32, or INT_MIN for NaN and huge negatives, and the
+// saturating packs turn those into 0, exactly as clamping at 0 first would.
+inline __m512i quantize16_s32(__m512 v, __m512 inv, __m512 zp) {
+  const __m512 t = _mm512_min_ps(_mm512_set1_ps(255.f), _mm512_fmadd_ps(v, inv, zp));
+  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 inline __m128i quantize16(__m512 v, __m512 inv, __m512 zp) {
-  __m512 t = _mm512_fmadd_ps(v, inv, zp);
-  t = _mm512_max_ps(t, _mm512_setzero_ps());  // t first: NaN -> 0, as the scalar
-  t = _mm512_min_ps(t, _mm512_set1_ps(255.f));
-  return _mm512_cvtepi32_epi8(
-      _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m512i q = quantize16_s32(v, inv, zp);
+  return _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()));
+}
+
+// 64 quantized bytes in order from four vectors of 16 int32: the packs work per 128-bit
+// lane (lane L gets elements 4L..4L+3 of each vector), and one dword permute restores order.
+inline __m512i pack64(__m512i a, __m512i b, __m512i c, __m512i d) {
+  const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(a, b), _mm512_packus_epi32(c, d));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_epi32(order, p);
 }
 
 }  // namespace
@@ -62,11 +77,11 @@ void quantize_u8_avx512(const float* x, int64_t n, float inv_scale, int32_t zp, 
   const __m512 inv = _mm512_set1_ps(inv_scale);
   const __m512 z = _mm512_set1_ps(static_cast<float>(zp));
   int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {  // 4 vectors per iteration keeps the FP pipes busy
-    for (int j = 0; j < 4; ++j)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i + 16 * j),
-                       quantize16(_mm512_loadu_ps(x + i + 16 * j), inv, z));
-  }
+  for (; i + 64 <= n; i += 64)
+    _mm512_storeu_si512(q + i, pack64(quantize16_s32(_mm512_loadu_ps(x + i), inv, z),
+                                      quantize16_s32(_mm512_loadu_ps(x + i + 16), inv, z),
+                                      quantize16_s32(_mm512_loadu_ps(x + i + 32), inv, z),
+                                      quantize16_s32(_mm512_loadu_ps(x + i + 48), inv, z)));
   for (; i + 16 <= n; i += 16)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), quantize16(_mm512_loadu_ps(x + i), inv, z));
   if (i < n) {
