@@ -48,25 +48,36 @@ inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
 
 // Corrects MR accumulators of one 16-column strip by a_zp * colsum, applies the epilogue
 // and stores the valid columns. The column parameters (colsum, weight scales, bias) are
-// loaded once for the strip; the arithmetic per element is epilogue_ref.h's.
-template <int MR>
-inline void store_strip(const GemmArgs& g, int64_t m0, int64_t n0, const __m512i* acc) {
+// loaded once for the strip; the arithmetic per element is epilogue_ref.h's. The output
+// kind is fixed at compile time: at short K the epilogue is a tenth of the work, and a
+// runtime switch per row cost 12% of the kernel's time at K = 384. Kept out of line:
+// inlined into the tile kernels, GCC spills the accumulators in the main loop.
+template <int MR, OutKind OUT, bool RELU>
+__attribute__((noinline)) void store_strip(const GemmArgs& g, int64_t m0, int64_t n0,
+                                           const __m512i* acc) {
   const int64_t valid = g.B.n - n0;
   const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
   const __m512i colsum = _mm512_loadu_si512(g.B.colsum + n0);  // padded to 16, always safe
-  const bool fp = g.out != OutKind::s32;
+  constexpr bool fp = OUT != OutKind::s32;
   const __m512 ws = !fp ? _mm512_setzero_ps()
                    : g.w_scale_stride == 0 ? _mm512_set1_ps(g.w_scale[0])
                                            : _mm512_maskz_loadu_ps(mask, g.w_scale + n0);
   const __m512 bias = fp ? epi_bias16(g, n0, mask) : _mm512_setzero_ps();
+  const bool row_zp = g.a_zp_stride != 0;
+  const __m512i zp_cs0 = _mm512_mullo_epi32(_mm512_set1_epi32(g.a_zp[0]), colsum);
+  int32_t* out32 = static_cast<int32_t*>(g.C);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const int64_t m = m0 + i;
-    const __m512i zp = _mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]);
-    const __m512i corrected = _mm512_sub_epi32(acc[i], _mm512_mullo_epi32(zp, colsum));
-    const __m512 s = fp ? _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m * g.a_scale_stride]), ws)
-                        : _mm512_setzero_ps();
-    epi_store16(g, m * g.ldc + n0, mask, corrected, s, bias);
+    const __m512i zp_cs =
+        row_zp ? _mm512_mullo_epi32(_mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]), colsum) : zp_cs0;
+    const __m512i corrected = _mm512_sub_epi32(acc[i], zp_cs);
+    if constexpr (OUT == OutKind::s32) {
+      _mm512_mask_storeu_epi32(out32 + m * g.ldc + n0, mask, corrected);
+    } else {
+      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m * g.a_scale_stride]), ws);
+      epi_store16_t<OUT, RELU>(g, m * g.ldc + n0, mask, corrected, s, bias);
+    }
   }
 }
 
@@ -99,14 +110,27 @@ inline void zero(__m512i (&acc)[MR][NP]) {
     for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
 }
 
-template <int MR, int NP>
-inline void store(const GemmArgs& g, int64_t m, int64_t p, const __m512i (&acc)[MR][NP]) {
+template <int MR, int NP, OutKind OUT, bool RELU>
+inline void store_t(const GemmArgs& g, int64_t m, int64_t p, const __m512i (&acc)[MR][NP]) {
 #pragma GCC unroll 8
   for (int j = 0; j < NP; ++j) {
     __m512i strip[MR];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) strip[i] = acc[i][j];
-    store_strip<MR>(g, m, (p + j) * kPanel, strip);
+    store_strip<MR, OUT, RELU>(g, m, (p + j) * kPanel, strip);
+  }
+}
+
+template <int MR, int NP>
+inline void store(const GemmArgs& g, int64_t m, int64_t p, const __m512i (&acc)[MR][NP]) {
+  switch (g.out) {
+    case OutKind::s32: return store_t<MR, NP, OutKind::s32, false>(g, m, p, acc);
+    case OutKind::f32:
+      return g.relu ? store_t<MR, NP, OutKind::f32, true>(g, m, p, acc)
+                    : store_t<MR, NP, OutKind::f32, false>(g, m, p, acc);
+    case OutKind::u8:
+      return g.relu ? store_t<MR, NP, OutKind::u8, true>(g, m, p, acc)
+                    : store_t<MR, NP, OutKind::u8, false>(g, m, p, acc);
   }
 }
 
