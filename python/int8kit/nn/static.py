@@ -29,17 +29,20 @@ from ._conv_op import nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
 
-def _quantize_fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """uint8 tensor of x's shape, with the kernels' quantizer (bit-identical to gemm_u8's
-    requantize epilogue); NaN/Inf raise instead of mapping silently to 0 or 255."""
-    flat = x.detach().reshape(-1)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    q = torch.empty(flat.shape, dtype=torch.uint8)
-    # One native call scans for NaN/Inf, then quantizes.
-    if not _C.quantize_u8(_numpy(flat), scale, zero_point, q.numpy(), True):
+def _quantize_fixed_np(a: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """uint8 array of a's shape (a: C-contiguous float32), with the kernels' quantizer
+    (bit-identical to gemm_u8's requantize epilogue); NaN/Inf raise instead of mapping
+    silently to 0 or 255. One native call scans for NaN/Inf, then quantizes."""
+    q = np.empty(a.shape, np.uint8)
+    if not _C.quantize_u8(a.reshape(-1), scale, zero_point, q.reshape(-1), True):
         raise ValueError("x contains NaN or Inf; cannot quantize it")
-    return q.reshape(x.shape)
+    return q
+
+
+def _quantize_fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """_quantize_fixed_np for a tensor: uint8, x's shape, contiguous."""
+    return torch.from_numpy(_quantize_fixed_np(_numpy(x if x.dtype == torch.float32 else x.float()),
+                                               scale, zero_point))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -54,7 +57,9 @@ def _check_out(out):
     """out=(scale, zero_point) -> (1/scale as the kernels compute it, zero point)."""
     if out is None:
         return None
-    scale, zp = (float(v.item() if isinstance(v, torch.Tensor) else v) for v in out)
+    scale, zp = out
+    if type(scale) is not float or type(zp) is not int:  # (input_params() gives those)
+        scale, zp = (float(v.item() if isinstance(v, torch.Tensor) else v) for v in out)
     return _requant(scale, zp)
 
 
@@ -255,10 +260,10 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(x)
         self._check_shape(x.shape, "x")
-        nhwc = x.permute(0, 2, 3, 1)
-        if nhwc.is_contiguous():  # channels_last: quantize in memory order, keep it
-            return _quantize_fixed(nhwc, *self.input_params()).permute(0, 3, 1, 2)
-        return _quantize_fixed(x, *self.input_params())
+        # Quantized in memory order: a channels_last input stays channels_last.
+        xa, nhwc = nchw_numpy(x if x.dtype == torch.float32 else x.float())
+        q = torch.from_numpy(_quantize_fixed_np(xa, *self.input_params()))
+        return q.permute(0, 3, 1, 2) if nhwc else q
 
     def forward_quantized(self, q: torch.Tensor, out=None) -> torch.Tensor:
         """q: uint8 [N, C, H, W] -> float32 [N, OC, OH, OW], or uint8 with out
