@@ -120,6 +120,8 @@ def test_paths_bit_identical_to_oracle(rng, ref, path, shape):
     want_f32 = co.conv2d_reference(x, zp, w, s, p, d, g, out_dtype=np.float32, relu=True, **kw)
     want_u8 = co.conv2d_reference(x, zp, w, s, p, d, g, out_dtype=np.uint8, out_scale=0.7,
                                   out_zero_point=9, **kw)
+    want_u8_relu = co.conv2d_reference(x, zp, w, s, p, d, g, out_dtype=np.uint8, relu=True,
+                                       out_scale=0.3, out_zero_point=200, **kw)
     for threads in (1, 2):
         ref.assert_bit_identical(co.conv2d_s32(x, zp, packed, threads=threads, isa=path),
                                  want_s32, f"s32 {path} t{threads}")
@@ -129,6 +131,10 @@ def test_paths_bit_identical_to_oracle(rng, ref, path, shape):
         ref.assert_bit_identical(
             co.conv2d_u8(x, zp, 0.02, packed, ws, 0.7, 9, bias, threads=threads, isa=path),
             want_u8, f"u8 {path} t{threads}")
+        ref.assert_bit_identical(
+            co.conv2d_u8(x, zp, 0.02, packed, ws, 0.3, 200, bias, relu=True, threads=threads,
+                         isa=path),
+            want_u8_relu, f"u8 relu {path} t{threads}")
 
 
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[8], SHAPES[3], SHAPES[19]], ids=str)

@@ -79,6 +79,64 @@ __attribute__((always_inline)) inline void finish_pixel(const GemmArgs& e, const
   }
 }
 
+// u8 epilogue inputs of one block in the accumulators' own order (acc[r] lane j holds
+// channel c0 + 4j + r): the zero-point correction as where the accumulators start, the
+// scales and the bias. With them the u8 path needs no transpose back to channel order (8
+// permutes per pixel and block); one byte shuffle after the packs restores it.
+struct alignas(64) ModEpi {
+  __m512i acc0[4];
+  __m512 s[4], bias[4];
+};
+
+// One ModEpi per 64-channel block, computed as load_block_epi and epi_scale16 do (int32
+// products wrap alike; a_scale * w_scale rounded once), zeros past the last channel.
+std::vector<ModEpi> mod_epis(const DwJob& j) {
+  const ConvArgs& a = *j.a;
+  const GemmArgs& e = j.epi;
+  const int64_t C = a.wt.p.in_channels, blocks = a.wt.cp / kDwBlock;
+  std::vector<ModEpi> out(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int r = 0; r < 4; ++r) {
+      alignas(64) int32_t z[16];
+      alignas(64) float sc[16], bi[16];
+      for (int l = 0; l < 16; ++l) {
+        const int64_t c = b * kDwBlock + 4 * l + r;
+        const bool in = c < C;
+        const uint32_t zc = static_cast<uint32_t>(a.x_zp) * static_cast<uint32_t>(in ? e.B.colsum[c] : 0);
+        z[l] = static_cast<int32_t>(0u - zc);
+        sc[l] = in ? e.a_scale[0] * e.w_scale[c * e.w_scale_stride] : 0.f;
+        bi[l] = in && e.bias ? e.bias[c] : 0.f;
+      }
+      out[b].acc0[r] = _mm512_load_si512(z);
+      out[b].s[r] = _mm512_load_ps(sc);
+      out[b].bias[r] = _mm512_load_ps(bi);
+    }
+  return out;
+}
+
+// The u8 epilogue of one pixel from accumulators that started at me.acc0 (epi_store16_t's
+// arithmetic lane for lane; the clamp at 0 is left to the saturating packs, as in finish3).
+template <bool RELU>
+__attribute__((always_inline)) inline void finish_u8_mod(const GemmArgs& e, const ModEpi& me,
+                                                         __mmask64 lmask, int64_t off,
+                                                         const __m512i* acc) {
+  __m512i q[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) {
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), me.s[r], me.bias[r]);
+    if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
+    __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(e.out_inv_scale),
+                               _mm512_set1_ps(static_cast<float>(e.out_zp)));
+    t = _mm512_min_ps(_mm512_set1_ps(255.f), t);  // NaN passes, converts to INT_MIN -> 0
+    q[r] = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // After the packs, byte 4r + a of 128-bit lane L holds channel 16L + 4a + r.
+  const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
+                                        _mm512_packus_epi32(q[2], q[3]));
+  const __m512i order = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
+  _mm512_mask_storeu_epi8(static_cast<uint8_t*>(e.C) + off, lmask, _mm512_shuffle_epi8(p, order));
+}
+
 // PX output pixels of one row and one channel block. Tap t of pixel i reads
 // tap[t] + i * step[t] (step 0 for taps in the padding). PX * 4 accumulators give enough
 // independent vpdpbusd chains to hide its latency.
@@ -88,12 +146,13 @@ __attribute__((noinline)) void pixels(const BlockEpi& be, const GemmArgs& e,
                                                   const uint8_t* const* tap,
                                                   const int64_t* step, int64_t taps,
                                                   const int8_t* wb, __mmask64 lmask,
-                                                  int64_t off, int64_t C) {
-  __m512i acc[PX][4];
+                                                  int64_t off, int64_t C, const ModEpi* me) {
+  __m512i acc[PX][4];  // u8: starting at -zp * tap sums (see ModEpi)
 #pragma GCC unroll 8
   for (int i = 0; i < PX; ++i)
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_si512();
+    for (int r = 0; r < 4; ++r)
+      acc[i][r] = OUT == OutKind::u8 ? me->acc0[r] : _mm512_setzero_si512();
   for (int64_t t = 0; t < taps; ++t) {
     const int8_t* w = wb + t * 4 * kDwBlock;
     const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
@@ -109,8 +168,12 @@ __attribute__((noinline)) void pixels(const BlockEpi& be, const GemmArgs& e,
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < PX; ++i)
-    finish_pixel<OUT, RELU>(e, be, off + i * C, acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+  for (int i = 0; i < PX; ++i) {
+    if constexpr (OUT == OutKind::u8)
+      finish_u8_mod<RELU>(e, *me, lmask, off + i * C, acc[i]);
+    else
+      finish_pixel<OUT, RELU>(e, be, off + i * C, acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+  }
 }
 
 constexpr int kPx = 4;
@@ -141,7 +204,7 @@ inline void set_taps(const DwJob& j, int64_t n, int64_t y, int64_t x, int64_t c0
 // their tap pointers advance by a fixed step; the rest are computed one by one.
 template <OutKind OUT, bool RELU>
 __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, int64_t x_lo,
-                                         int64_t x_hi, RowScratch& rs) {
+                                         int64_t x_hi, RowScratch& rs, const ModEpi* mods) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
   const GemmArgs& e = j.epi;
@@ -150,29 +213,31 @@ __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, i
   const int64_t c0 = b * kDwBlock, left = C - c0;
   const __mmask64 lmask = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
   BlockEpi be;
-  load_block_epi(e, a.x_zp, c0, left, &be);
+  const ModEpi* me = OUT == OutKind::u8 ? mods + b : nullptr;
+  if constexpr (OUT != OutKind::u8) load_block_epi(e, a.x_zp, c0, left, &be);
   const int8_t* wb = a.wt.dw_expanded + b * taps * 4 * kDwBlock;
   const int64_t row_off = r * j.ow * C + c0;
   int64_t x = 0;
   for (; x < std::min(x_lo, j.ow); ++x) {
     set_taps(j, n, y, x, c0, rs);
-    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C);
+    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
   }
   if (x + kPx <= x_hi) {
     set_taps(j, n, y, x, c0, rs);
     const auto fn = left >= 64 ? pixels<kPx, true, OUT, RELU> : pixels<kPx, false, OUT, RELU>;
     for (; x + kPx <= x_hi; x += kPx) {
-      fn(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C);
+      fn(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
       for (int64_t t = 0; t < taps; ++t) rs.tap[t] += kPx * rs.step[t];
     }
   }
   for (; x < j.ow; ++x) {
     set_taps(j, n, y, x, c0, rs);
-    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C);
+    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
   }
 }
 
-using RowBlockFn = void (*)(const DwJob&, int64_t, int64_t, int64_t, int64_t, RowScratch&);
+using RowBlockFn = void (*)(const DwJob&, int64_t, int64_t, int64_t, int64_t, RowScratch&,
+                            const ModEpi*);
 
 RowBlockFn row_block_for(const GemmArgs& e) {
   switch (e.out) {
@@ -565,8 +630,9 @@ void depthwise_rows_avx512vnni(const DwJob& j, int64_t r0, int64_t r1) {
   const int64_t x_hi =
       std::max<int64_t>(x_lo, std::min<int64_t>(j.ow, right < 0 ? 0 : right / p.stride_w + 1));
   const RowBlockFn fn = row_block_for(j.epi);
+  const std::vector<ModEpi> mods = j.epi.out == OutKind::u8 ? mod_epis(j) : std::vector<ModEpi>{};
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, x_lo, x_hi, rs);
+    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, x_lo, x_hi, rs, mods.data());
 }
 
 }  // namespace int8kit::detail
