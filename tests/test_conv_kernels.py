@@ -58,6 +58,14 @@ SHAPES = [
     (2, 19, 6, 80, 80, 3, 1, 1, 1, 80),   # row passes that cross images
     (1, 6, 5, 96, 96, 3, 1, (2, 3), 1, 96),  # padding wider than 1
     (1, 5, 1, 144, 144, 3, 1, 1, 1, 144),  # an image 1 pixel wide
+    # the general depthwise kernel with a last block of 16 or 32 channels: inside the row
+    # 4 or 2 pixels share a vector, in runs of 4 vectors, then single vectors, then pixels
+    (1, 9, 17, 96, 96, 3, 2, 1, 1, 96),   # stride 2, 64 + 32: 7 inside pixels
+    (2, 11, 40, 80, 80, 3, 2, 1, 1, 80),  # stride 2, 64 + 16, batch 2: 18 inside pixels
+    (1, 12, 30, 144, 144, 5, 1, 2, 1, 144),  # 5x5, 128 + 16
+    (1, 10, 21, 96, 96, 3, 1, 2, 2, 96),  # dilation 2
+    (1, 8, 9, 160, 160, 3, (2, 1), 1, 1, 160),  # vertical stride only, 128 + 32
+    (1, 6, 3, 80, 80, 3, 2, 1, 1, 80),    # no pixel inside the row: edges only
 ]
 
 

@@ -88,38 +88,43 @@ struct alignas(64) ModEpi {
   __m512 s[4], bias[4];
 };
 
-// One ModEpi per 64-channel block, computed as load_block_epi and epi_scale16 do (int32
-// products wrap alike; a_scale * w_scale rounded once), zeros past the last channel.
-std::vector<ModEpi> mod_epis(const DwJob& j) {
+// The ModEpi of 64 lanes whose lane i is channel c0 + i % span (span 64 for a plain
+// block), computed as load_block_epi and epi_scale16 do (int32 products wrap alike;
+// a_scale * w_scale rounded once); zeros past the last channel.
+ModEpi mod_epi(const DwJob& j, int64_t c0, int64_t span) {
   const ConvArgs& a = *j.a;
   const GemmArgs& e = j.epi;
-  const int64_t C = a.wt.p.in_channels, blocks = a.wt.cp / kDwBlock;
-  std::vector<ModEpi> out(static_cast<size_t>(blocks));
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int r = 0; r < 4; ++r) {
-      alignas(64) int32_t z[16];
-      alignas(64) float sc[16], bi[16];
-      for (int l = 0; l < 16; ++l) {
-        const int64_t c = b * kDwBlock + 4 * l + r;
-        const bool in = c < C;
-        const uint32_t zc = static_cast<uint32_t>(a.x_zp) * static_cast<uint32_t>(in ? e.B.colsum[c] : 0);
-        z[l] = static_cast<int32_t>(0u - zc);
-        sc[l] = in ? e.a_scale[0] * e.w_scale[c * e.w_scale_stride] : 0.f;
-        bi[l] = in && e.bias ? e.bias[c] : 0.f;
-      }
-      out[b].acc0[r] = _mm512_load_si512(z);
-      out[b].s[r] = _mm512_load_ps(sc);
-      out[b].bias[r] = _mm512_load_ps(bi);
+  const int64_t C = a.wt.p.in_channels;
+  ModEpi out;
+  for (int r = 0; r < 4; ++r) {
+    alignas(64) int32_t z[16];
+    alignas(64) float sc[16], bi[16];
+    for (int l = 0; l < 16; ++l) {
+      const int64_t c = c0 + (4 * l + r) % span;
+      const bool in = c < C;
+      const uint32_t zc = static_cast<uint32_t>(a.x_zp) * static_cast<uint32_t>(in ? e.B.colsum[c] : 0);
+      z[l] = static_cast<int32_t>(0u - zc);
+      sc[l] = in ? e.a_scale[0] * e.w_scale[c * e.w_scale_stride] : 0.f;
+      bi[l] = in && e.bias ? e.bias[c] : 0.f;
     }
+    out.acc0[r] = _mm512_load_si512(z);
+    out.s[r] = _mm512_load_ps(sc);
+    out.bias[r] = _mm512_load_ps(bi);
+  }
+  return out;
+}
+
+std::vector<ModEpi> mod_epis(const DwJob& j) {
+  std::vector<ModEpi> out;
+  for (int64_t b = 0; b < j.a->wt.cp / kDwBlock; ++b) out.push_back(mod_epi(j, b * kDwBlock, 64));
   return out;
 }
 
 // The u8 epilogue of one pixel from accumulators that started at me.acc0 (epi_store16_t's
 // arithmetic lane for lane; the clamp at 0 is left to the saturating packs, as in finish3).
 template <bool RELU>
-__attribute__((always_inline)) inline void finish_u8_mod(const GemmArgs& e, const ModEpi& me,
-                                                         __mmask64 lmask, int64_t off,
-                                                         const __m512i* acc) {
+__attribute__((always_inline)) inline __m512i u8_bytes_mod(const GemmArgs& e, const ModEpi& me,
+                                                           const __m512i* acc) {
   __m512i q[4];
 #pragma GCC unroll 4
   for (int r = 0; r < 4; ++r) {
@@ -134,7 +139,14 @@ __attribute__((always_inline)) inline void finish_u8_mod(const GemmArgs& e, cons
   const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
                                         _mm512_packus_epi32(q[2], q[3]));
   const __m512i order = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
-  _mm512_mask_storeu_epi8(static_cast<uint8_t*>(e.C) + off, lmask, _mm512_shuffle_epi8(p, order));
+  return _mm512_shuffle_epi8(p, order);
+}
+
+template <bool RELU>
+__attribute__((always_inline)) inline void finish_u8_mod(const GemmArgs& e, const ModEpi& me,
+                                                         __mmask64 lmask, int64_t off,
+                                                         const __m512i* acc) {
+  _mm512_mask_storeu_epi8(static_cast<uint8_t*>(e.C) + off, lmask, u8_bytes_mod<RELU>(e, me, acc));
 }
 
 // PX output pixels of one row and one channel block. Tap t of pixel i reads
@@ -178,6 +190,96 @@ __attribute__((noinline)) void pixels(const BlockEpi& be, const GemmArgs& e,
 
 constexpr int kPx = 4;
 
+// A last block with 16 or 32 of its 64 channels would leave 3/4 or 1/2 of every vector
+// idle. Inside the row, P = 64 / w pixels of it then share a vector (lane i: pixel i / w,
+// channel c0 + i % w), gathered by P loads of w bytes: a tap costs 4 vpdpbusd per P pixels
+// instead of per pixel. Its expanded weights and epilogue inputs, in that lane order, are
+// built once per call.
+struct NarrowTail {
+  int64_t w = 0, P = 1, c0 = 0;  // w == 0: the last block is not narrow
+  std::vector<int8_t> wexp;      // [taps][4][64] as dw_expanded, lane i -> channel c0 + i % w
+  ModEpi me;                     // u8 output
+  BlockEpi be;                   // other outputs
+};
+
+void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t c0, int64_t w, BlockEpi* be);
+
+NarrowTail narrow_tail(const DwJob& j) {
+  const ConvView& wt = j.a->wt;
+  const int64_t C = wt.p.in_channels, rem = C % kDwBlock, taps = wt.p.kh * wt.p.kw;
+  NarrowTail t;
+  if (C < kDwBlock || (rem != 16 && rem != 32)) return t;
+  t.w = rem, t.P = kDwBlock / rem, t.c0 = C - rem;
+  t.wexp.assign(static_cast<size_t>(taps * 4 * kDwBlock), 0);
+  for (int64_t tap = 0; tap < taps; ++tap)
+    for (int64_t i = 0; i < kDwBlock; ++i)
+      t.wexp[(tap * 4 + i % 4) * kDwBlock + i] = wt.dw_plain[tap * wt.cp + t.c0 + i % rem];
+  if (j.epi.out == OutKind::u8)
+    t.me = mod_epi(j, t.c0, rem);
+  else
+    load_super_epi(j.epi, j.a->x_zp, t.c0, rem, &t.be);
+  return t;
+}
+
+// PX vectors of P pixels each (see NarrowTail), from tap pointers at the first pixel.
+template <int PX, int P, OutKind OUT, bool RELU>
+__attribute__((noinline)) void tail_pixels(const GemmArgs& e, const NarrowTail& nt,
+                                           const uint8_t* const* tap, const int64_t* step,
+                                           int64_t taps, int64_t off, int64_t C) {
+  constexpr int64_t W = kDwBlock / P;
+  __m512i acc[PX][4];
+#pragma GCC unroll 8
+  for (int i = 0; i < PX; ++i)
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r)
+      acc[i][r] = OUT == OutKind::u8 ? nt.me.acc0[r] : _mm512_setzero_si512();
+  for (int64_t t = 0; t < taps; ++t) {
+    const int8_t* w = nt.wexp.data() + t * 4 * kDwBlock;
+    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+    const __m512i w2 = _mm512_loadu_si512(w + 128), w3 = _mm512_loadu_si512(w + 192);
+    const int64_t st = step[t];
+#pragma GCC unroll 8
+    for (int i = 0; i < PX; ++i) {
+      const uint8_t* src = tap[t] + i * P * st;
+      __m512i av;
+      if constexpr (P == 2) {
+        av = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + st)), 1);
+      } else {
+        av = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+        av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + st)), 1);
+        av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * st)), 2);
+        av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * st)), 3);
+      }
+      dpbusd(acc[i][0], av, w0);
+      dpbusd(acc[i][1], av, w1);
+      dpbusd(acc[i][2], av, w2);
+      dpbusd(acc[i][3], av, w3);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < PX; ++i) {
+    const int64_t o = off + i * P * C;  // pixel q of vector i at o + q * C
+    if constexpr (OUT == OutKind::u8) {
+      const __m512i bytes = u8_bytes_mod<RELU>(e, nt.me, acc[i]);
+      uint8_t* y = static_cast<uint8_t*>(e.C) + o;
+      const __mmask64 one = (__mmask64(1) << W) - 1;
+#pragma GCC unroll 4
+      for (int q = 0; q < P; ++q)  // the store shifted so that lanes q*W.. land at pixel q
+        _mm512_mask_storeu_epi8(y + q * (C - W), one << (q * W), bytes);
+    } else {
+      __m512i out[4];
+      to_channel_order(acc[i][0], acc[i][1], acc[i][2], acc[i][3], out);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v)
+        epi_store16_t<OUT, RELU>(e, o + 16 * v / W * C + 16 * v % W, nt.be.m[v],
+                                 _mm512_sub_epi32(out[v], nt.be.zpcs[v]), nt.be.s[v],
+                                 nt.be.bias[v]);
+    }
+  }
+}
+
 // Scratch for one output row: tap pointers and their per-pixel steps.
 struct RowScratch {
   std::vector<const uint8_t*> tap;
@@ -204,7 +306,8 @@ inline void set_taps(const DwJob& j, int64_t n, int64_t y, int64_t x, int64_t c0
 // their tap pointers advance by a fixed step; the rest are computed one by one.
 template <OutKind OUT, bool RELU>
 __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, int64_t x_lo,
-                                         int64_t x_hi, RowScratch& rs, const ModEpi* mods) {
+                                         int64_t x_hi, RowScratch& rs, const ModEpi* mods,
+                                         const NarrowTail& nt) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
   const GemmArgs& e = j.epi;
@@ -222,7 +325,18 @@ __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, i
     set_taps(j, n, y, x, c0, rs);
     pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
   }
-  if (x + kPx <= x_hi) {
+  if (nt.w && c0 == nt.c0 && x + nt.P <= x_hi) {  // the narrow last block, inside the row
+    set_taps(j, n, y, x, c0, rs);
+    const int64_t P = nt.P;
+    const auto fn4 = P == 2 ? tail_pixels<4, 2, OUT, RELU> : tail_pixels<4, 4, OUT, RELU>;
+    const auto fn1 = P == 2 ? tail_pixels<1, 2, OUT, RELU> : tail_pixels<1, 4, OUT, RELU>;
+    for (; x + P <= x_hi; ) {
+      const int64_t n_px = x + 4 * P <= x_hi ? 4 * P : P;
+      (n_px == P ? fn1 : fn4)(e, nt, rs.tap.data(), rs.step.data(), taps, row_off + x * C, C);
+      for (int64_t t = 0; t < taps; ++t) rs.tap[t] += n_px * rs.step[t];
+      x += n_px;
+    }
+  } else if (x + kPx <= x_hi) {
     set_taps(j, n, y, x, c0, rs);
     const auto fn = left >= 64 ? pixels<kPx, true, OUT, RELU> : pixels<kPx, false, OUT, RELU>;
     for (; x + kPx <= x_hi; x += kPx) {
@@ -237,7 +351,7 @@ __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, i
 }
 
 using RowBlockFn = void (*)(const DwJob&, int64_t, int64_t, int64_t, int64_t, RowScratch&,
-                            const ModEpi*);
+                            const ModEpi*, const NarrowTail&);
 
 RowBlockFn row_block_for(const GemmArgs& e) {
   switch (e.out) {
@@ -631,8 +745,9 @@ void depthwise_rows_avx512vnni(const DwJob& j, int64_t r0, int64_t r1) {
       std::max<int64_t>(x_lo, std::min<int64_t>(j.ow, right < 0 ? 0 : right / p.stride_w + 1));
   const RowBlockFn fn = row_block_for(j.epi);
   const std::vector<ModEpi> mods = j.epi.out == OutKind::u8 ? mod_epis(j) : std::vector<ModEpi>{};
+  const NarrowTail nt = narrow_tail(j);
   for (int64_t r = r0; r < r1; ++r)
-    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, x_lo, x_hi, rs, mods.data());
+    for (int64_t b = 0; b < blocks; ++b) fn(j, r, b, x_lo, x_hi, rs, mods.data(), nt);
 }
 
 }  // namespace int8kit::detail
