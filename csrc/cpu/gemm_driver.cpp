@@ -72,11 +72,19 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
   // with rows enough, tiles are row ranges over all columns, so each thread keeps its own
   // A rows hot (2 threads, 1024x384x1536: 60% -> 89% of peak; 512x1024^2: 86% -> 97%).
   // Otherwise columns first (a thread then streams only its own part of the weight), rows
-  // only when there are too few column units.
+  // only when there are too few column units; but once A is taller than the kernel's own
+  // row blocks (~1 MB), tiles are also cut at those, or every column tile would stream all
+  // of A from memory again (2 threads, 2048^3: 90% -> 94% of peak; 1024x2048^2: 90 -> 95%).
   const int64_t want = nt * kTilesPerThread;
-  const bool rows_first = detail::weight_fits_l2(g.B) && m_units >= want;
-  const int64_t n_tiles = rows_first ? 1 : std::min(n_units, want);
-  const int64_t m_tiles = std::min(m_units, std::max<int64_t>(1, want / n_tiles));
+  const bool fits = detail::weight_fits_l2(g.B);
+  const bool rows_first = fits && m_units >= want;
+  const int64_t block_units =
+      std::max<int64_t>(1, detail::kLargeRowBlockBytes / g.B.k / kRowsPerUnit);
+  const int64_t row_blocks = fits ? 1 : (m_units + block_units - 1) / block_units;
+  const int64_t n_tiles =
+      rows_first ? 1 : std::min(n_units, std::max<int64_t>(1, want / row_blocks));
+  const int64_t m_tiles = row_blocks > 1 ? std::min(m_units, row_blocks)
+                                         : std::min(m_units, std::max<int64_t>(1, want / n_tiles));
   const int64_t units_per_tile = (n_units + n_tiles - 1) / n_tiles;
   const int64_t rows_per_tile = (m_units + m_tiles - 1) / m_tiles * kRowsPerUnit;
   const int64_t tiles_n = (n_units + units_per_tile - 1) / units_per_tile;
