@@ -196,6 +196,10 @@ inline int panels_for_rows(int mr) { return mr <= 2 ? 6 : (mr <= 4 ? 4 : 3); }
 
 namespace {
 
+// A panel count that 4 divides but 3 does not (64, 128, 256 columns: conv's usual widths)
+// runs as 6x4 tiles instead of 8x3 plus a narrow 8x1 or 8x2 tail.
+bool six_by_four(int64_t panels) { return panels % 3 != 0 && panels % 4 == 0; }
+
 void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m1, int64_t p0,
                int64_t p1) {
   // Row blocks of A, reused across every column of the block. A packed weight that fits
@@ -204,9 +208,7 @@ void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m
   // a larger weight comes from memory, so blocks of ~1 MB of rows share each pass over it.
   const int64_t block_bytes = weight_fits_l2(g.B) ? kSmallRowBlockBytes : kLargeRowBlockBytes;
   const int64_t mc = std::max<int64_t>(kMaxRows, (block_bytes / g.B.k) / kMaxRows * kMaxRows);
-  // A panel count that 4 divides but 3 does not (64, 128, 256 columns: conv's usual
-  // widths) runs as 6x4 tiles instead of 8x3 plus a narrow 8x1 or 8x2 tail.
-  const bool by4 = (p1 - p0) % 3 != 0 && (p1 - p0) % 4 == 0;
+  const bool by4 = six_by_four(p1 - p0);
   const int rows = by4 ? 6 : kMaxRows;
   auto fit = [by4](int mr) { return by4 && mr <= 6 ? 4 : panels_for_rows(mr); };
   for (int64_t mb = m0; mb < m1; mb += mc) {
@@ -227,6 +229,8 @@ void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m
 }
 
 }  // namespace
+
+int tile_rows_avx512vnni(int64_t panels) { return six_by_four(panels) ? 6 : kMaxRows; }
 
 void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   run_block(g, nullptr, m0, m1, p0, p1);

@@ -33,6 +33,9 @@ struct KernelTable {
   MinMaxFn minmax;
   QuantizeFn quantize_u8;
   GemmGatherBlockFn gemm_gather_block = nullptr;  // paths without one use im2col
+  // The micro-kernel's row count for a tile of `panels` panels over all columns, so that
+  // the driver's row tiles are whole multiples of it; null: 8.
+  int (*tile_rows)(int64_t panels) = nullptr;
 };
 
 void gemm_block_scalar(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
@@ -49,6 +52,7 @@ void gemm_block_avx512vnni(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
 void gemm_gather_block_avx512vnni(const GemmArgs&, const GatheredA&, int64_t, int64_t, int64_t,
                                   int64_t);
 MinMax minmax_avx512(const float*, int64_t);
+int tile_rows_avx512vnni(int64_t panels);
 void quantize_u8_avx512(const float*, int64_t, float, int32_t, uint8_t*);
 #endif
 
