@@ -32,6 +32,7 @@ struct Tile {
   const GatheredA* gather;  // null: A rows are g.lda apart
   int64_t m;                // first row
   int64_t p;                // first panel
+  bool first = false;       // first of its panel group's tiles in the row block
 };
 
 // Loads the 4 activation bytes of k-group `grp` of a row, reading no byte past K.
@@ -84,10 +85,23 @@ __attribute__((noinline)) void store_strip(const GemmArgs& g, int64_t m0, int64_
 // acc[i][j] += the products of `groups` k-groups: row i's 4 bytes of group grp at
 // row[i] + 4*grp, panel j's weights at b + j*stride + 64*grp. Every loop but the k-group
 // loop is unrolled with constant indices, so GCC keeps acc and row in registers.
-template <int MR, int NP>
+// The first tile of a panel group reads its weights from L3 or memory (the tiles after it
+// find them in L1/L2). PF prefetches them kPrefetchGroups k-groups (2 KB per panel) ahead:
+// with the weight cold after other work, 128x768x3072 and 128x3072x768 run 5% faster
+// (A/B in the Linear bench's own interleaved harness), hot loops are unchanged. Prefetch
+// never faults, so running past the panel's end is harmless.
+constexpr int64_t kPrefetchGroups = 32;
+
+template <int MR, int NP, bool PF = false>
 inline void accumulate(__m512i (&acc)[MR][NP], const uint8_t* const (&row)[MR],
                        const int8_t* b, int64_t stride, int64_t groups) {
   for (int64_t grp = 0; grp < groups; ++grp) {
+    if constexpr (PF) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NP; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(b + j * stride + (grp + kPrefetchGroups) * 64),
+                     _MM_HINT_T0);
+    }
     __m512i w[NP];
 #pragma GCC unroll 8
     for (int j = 0; j < NP; ++j) w[j] = _mm512_loadu_si512(b + j * stride + grp * 64);
@@ -157,7 +171,10 @@ void tile_kernel(const Tile& t) {
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) row[i] = g.A + (t.m + i) * g.lda;
-  accumulate(acc, row, b, stride, full_groups);
+  if (t.first)
+    accumulate<MR, NP, true>(acc, row, b, stride, full_groups);
+  else
+    accumulate(acc, row, b, stride, full_groups);
   if (full_groups < g.B.k_groups) {  // K % 4 != 0: one partial group
     __m512i w[NP];
 #pragma GCC unroll 8
@@ -221,7 +238,7 @@ void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m
         const int np_fit = std::min(np, fit(mr));
         for (int64_t q = p; q < p + np; q += np_fit) {
           const int npq = static_cast<int>(std::min<int64_t>(np_fit, p + np - q));
-          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q});
+          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q, m == mb});
         }
       }
     }
