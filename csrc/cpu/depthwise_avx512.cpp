@@ -23,6 +23,19 @@ inline void dpbusd(__m512i& acc, __m512i a, __m512i w) {
   __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
 }
 
+// One tap of one pixel vector in the expanded layout: acc[r] += av . w[r], r = 0..3.
+__attribute__((always_inline)) inline void dot_expanded(__m512i* acc, __m512i av,
+                                                        const __m512i* w) {
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) dpbusd(acc[r], av, w[r]);
+}
+
+// The 4 expanded weight vectors of one tap.
+__attribute__((always_inline)) inline void load_expanded(const int8_t* wt, __m512i* w) {
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) w[r] = _mm512_loadu_si512(wt + 64 * r);
+}
+
 // acc[r] lane j = channel 4j + r  ->  out[v] lane i = channel 16v + i.
 inline void to_channel_order(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i* out) {
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -166,17 +179,12 @@ __attribute__((noinline)) void pixels(const BlockEpi& be, const GemmArgs& e,
     for (int r = 0; r < 4; ++r)
       acc[i][r] = OUT == OutKind::u8 ? me->acc0[r] : _mm512_setzero_si512();
   for (int64_t t = 0; t < taps; ++t) {
-    const int8_t* w = wb + t * 4 * kDwBlock;
-    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
-    const __m512i w2 = _mm512_loadu_si512(w + 128), w3 = _mm512_loadu_si512(w + 192);
+    __m512i w[4];
+    load_expanded(wb + t * 4 * kDwBlock, w);
 #pragma GCC unroll 8
     for (int i = 0; i < PX; ++i) {
       const uint8_t* src = tap[t] + i * step[t];
-      const __m512i av = FULL ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(lmask, src);
-      dpbusd(acc[i][0], av, w0);
-      dpbusd(acc[i][1], av, w1);
-      dpbusd(acc[i][2], av, w2);
-      dpbusd(acc[i][3], av, w3);
+      dot_expanded(acc[i], FULL ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi8(lmask, src), w);
     }
   }
 #pragma GCC unroll 8
@@ -234,9 +242,8 @@ __attribute__((noinline)) void tail_pixels(const GemmArgs& e, const NarrowTail& 
     for (int r = 0; r < 4; ++r)
       acc[i][r] = OUT == OutKind::u8 ? nt.me.acc0[r] : _mm512_setzero_si512();
   for (int64_t t = 0; t < taps; ++t) {
-    const int8_t* w = nt.wexp.data() + t * 4 * kDwBlock;
-    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
-    const __m512i w2 = _mm512_loadu_si512(w + 128), w3 = _mm512_loadu_si512(w + 192);
+    __m512i w[4];
+    load_expanded(nt.wexp.data() + t * 4 * kDwBlock, w);
     const int64_t st = step[t];
 #pragma GCC unroll 8
     for (int i = 0; i < PX; ++i) {
@@ -252,10 +259,7 @@ __attribute__((noinline)) void tail_pixels(const GemmArgs& e, const NarrowTail& 
         av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * st)), 2);
         av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * st)), 3);
       }
-      dpbusd(acc[i][0], av, w0);
-      dpbusd(acc[i][1], av, w1);
-      dpbusd(acc[i][2], av, w2);
-      dpbusd(acc[i][3], av, w3);
+      dot_expanded(acc[i], av, w);
     }
   }
 #pragma GCC unroll 8
