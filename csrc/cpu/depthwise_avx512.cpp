@@ -115,7 +115,8 @@ ModEpi mod_epi(const DwJob& j, int64_t c0, int64_t span) {
     for (int l = 0; l < 16; ++l) {
       const int64_t c = c0 + (4 * l + r) % span;
       const bool in = c < C;
-      const uint32_t zc = static_cast<uint32_t>(a.x_zp) * static_cast<uint32_t>(in ? e.B.colsum[c] : 0);
+      const uint32_t zc =
+          static_cast<uint32_t>(a.x_zp) * static_cast<uint32_t>(in ? e.B.colsum[c] : 0);
       z[l] = static_cast<int32_t>(0u - zc);
       sc[l] = in ? e.a_scale[0] * e.w_scale[c * e.w_scale_stride] : 0.f;
       bi[l] = in && e.bias ? e.bias[c] : 0.f;
@@ -254,10 +255,13 @@ __attribute__((noinline)) void tail_pixels(const GemmArgs& e, const NarrowTail& 
             _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))),
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + st)), 1);
       } else {
-        av = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-        av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + st)), 1);
-        av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * st)), 2);
-        av = _mm512_inserti32x4(av, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * st)), 3);
+        auto load128 = [&](int q) {
+          return _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + q * st));
+        };
+        av = _mm512_castsi128_si512(load128(0));
+        av = _mm512_inserti32x4(av, load128(1), 1);
+        av = _mm512_inserti32x4(av, load128(2), 2);
+        av = _mm512_inserti32x4(av, load128(3), 3);
       }
       dot_expanded(acc[i], av, w);
     }
@@ -327,7 +331,8 @@ __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, i
   int64_t x = 0;
   for (; x < std::min(x_lo, j.ow); ++x) {
     set_taps(j, n, y, x, c0, rs);
-    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
+    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask,
+                                row_off + x * C, C, me);
   }
   if (nt.w && c0 == nt.c0 && x + nt.P <= x_hi) {  // the narrow last block, inside the row
     set_taps(j, n, y, x, c0, rs);
@@ -350,7 +355,8 @@ __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, i
   }
   for (; x < j.ow; ++x) {
     set_taps(j, n, y, x, c0, rs);
-    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
+    pixels<1, false, OUT, RELU>(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask,
+                                row_off + x * C, C, me);
   }
 }
 
@@ -460,7 +466,8 @@ __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const Bloc
     } else {  // pixel q's w bytes land at y + q * (w + gap): the store shifted by q * gap
       const __mmask64 one = (__mmask64(1) << w) - 1;
       for (int64_t q = 0; q * w < 64; ++q)
-        if (const __mmask64 m = lmask & (one << (q * w))) _mm512_mask_storeu_epi8(y + q * gap, m, p);
+        if (const __mmask64 m = lmask & (one << (q * w)))
+          _mm512_mask_storeu_epi8(y + q * gap, m, p);
     }
   } else {
     __m512i out[4];
@@ -643,7 +650,8 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
         if ((cc & (P - 1)) < 3)  // columns P*x + kw only (P is a power of 2: no division)
           build_col<true>(q[0] + cc * lw, q[1] + cc * lw, q[2] + cc * lw, all, cols + cc * 4);
     }
-    const int64_t row_off = r * j.ow * C + c0, vstep = P * C;  // output vector x at row_off + x*vstep
+    // Output vector x starts at row_off + x * vstep.
+    const int64_t row_off = r * j.ow * C + c0, vstep = P * C;
     int64_t x = 0;
     for (; x + kPx <= full; x += kPx)
       pixels3<kPx, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * vstep,

@@ -138,7 +138,9 @@ class QuantLinear(QuantModuleBase):
             y = _C.linear_dynamic(_numpy(xf).reshape(-1, self.in_features),
                                   *self._kernel_views(), per_row, False,
                                   self.threads or torch.get_num_threads())
-            y = torch.from_numpy(y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features))
+            if len(shape) != 2:
+                y = y.reshape(*shape[:-1], self.out_features)
+            y = torch.from_numpy(y)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def dequantize_weight(self) -> torch.Tensor:
