@@ -53,7 +53,8 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
     throw std::runtime_error(std::string("kernel path '") + isa_name(isa) +
                              "' cannot run on this CPU");
   if (g.M == 0) return;
-  const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
+  const detail::KernelTable& kt = detail::kernels_for(isa);
+  const detail::GemmBlockFn block = kt.gemm_block;
 
   // The output is cut into tiles (column units x row blocks) that threads claim from a
   // shared counter, so a thread that starts late (a sleeping core, another runtime's
@@ -90,7 +91,6 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
   // (6 for AVX-512's 6x4 tiles; a remainder would run as a narrow, slower micro-tile in
   // every tile) and are spread evenly, their sizes differing by one such unit at most (2
   // threads, 1024^3: 92% -> 95% of peak; 256x1024^2: 78% -> 96%).
-  const detail::KernelTable& kt = detail::kernels_for(isa);
   const int64_t unit = rows_first && kt.tile_rows ? kt.tile_rows(g.B.n_panels) : kRowsPerUnit;
   const int64_t row_units = (g.M + unit - 1) / unit;
   const int64_t rows_per_tile = (m_units + m_tiles - 1) / m_tiles * kRowsPerUnit;
