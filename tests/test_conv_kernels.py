@@ -66,6 +66,10 @@ SHAPES = [
     (1, 10, 21, 96, 96, 3, 1, 2, 2, 96),  # dilation 2
     (1, 8, 9, 160, 160, 3, (2, 1), 1, 1, 160),  # vertical stride only, 128 + 32
     (1, 6, 3, 80, 80, 3, 2, 1, 1, 80),    # no pixel inside the row: edges only
+    # the general kernel's last 1-3 inside pixels go in one call (full and partial blocks)
+    (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # 5 inside pixels: 4 + 1
+    (1, 4, 15, 130, 130, 3, 2, 1, 1, 130),  # 6: 4 + 2, two full blocks and 2 channels
+    (2, 5, 17, 70, 70, 3, 2, 1, 1, 70),   # 7: 4 + 3, a block of 6 channels
 ]
 
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "conv_kernels.h"
@@ -198,6 +199,22 @@ __attribute__((noinline)) void pixels(const BlockEpi& be, const GemmArgs& e,
 }
 
 constexpr int kPx = 4;
+constexpr int kGenPx = 6;  // the general kernel: 24 accumulators, 4 weights, 1 activation
+
+using PixelsFn = decltype(&pixels<1, true, OutKind::u8, false>);
+
+// pixels<px, FULL> for 1 <= px < kGenPx.
+template <OutKind OUT, bool RELU, int... I>
+PixelsFn pixels_rest_impl(bool full, int64_t px, std::integer_sequence<int, I...>) {
+  static constexpr PixelsFn fns[2][sizeof...(I)] = {{pixels<I + 1, false, OUT, RELU>...},
+                                                    {pixels<I + 1, true, OUT, RELU>...}};
+  return fns[full][px - 1];
+}
+
+template <OutKind OUT, bool RELU>
+PixelsFn pixels_rest(bool full, int64_t px) {
+  return pixels_rest_impl<OUT, RELU>(full, px, std::make_integer_sequence<int, kGenPx - 1>{});
+}
 
 // A last block with 16 or 32 of its 64 channels would leave 3/4 or 1/2 of every vector
 // idle. Inside the row, P = 64 / w pixels of it then share a vector (lane i: pixel i / w,
@@ -288,6 +305,21 @@ __attribute__((noinline)) void tail_pixels(const GemmArgs& e, const NarrowTail& 
   }
 }
 
+using TailPixelsFn = decltype(&tail_pixels<1, 2, OutKind::u8, false>);
+
+// tail_pixels<vecs, P> for 1 <= vecs <= kGenPx, P = 2 or 4.
+template <OutKind OUT, bool RELU, int... I>
+TailPixelsFn tail_pixels_impl(int64_t P, int64_t vecs, std::integer_sequence<int, I...>) {
+  static constexpr TailPixelsFn fns[2][sizeof...(I)] = {{tail_pixels<I + 1, 2, OUT, RELU>...},
+                                                        {tail_pixels<I + 1, 4, OUT, RELU>...}};
+  return fns[P == 4][vecs - 1];
+}
+
+template <OutKind OUT, bool RELU>
+TailPixelsFn tail_pixels_for(int64_t P, int64_t vecs) {
+  return tail_pixels_impl<OUT, RELU>(P, vecs, std::make_integer_sequence<int, kGenPx>{});
+}
+
 // Scratch for one output row: tap pointers and their per-pixel steps.
 struct RowScratch {
   std::vector<const uint8_t*> tap;
@@ -337,20 +369,27 @@ __attribute__((noinline)) void row_block(const DwJob& j, int64_t r, int64_t b, i
   if (nt.w && c0 == nt.c0 && x + nt.P <= x_hi) {  // the narrow last block, inside the row
     set_taps(j, n, y, x, c0, rs);
     const int64_t P = nt.P;
-    const auto fn4 = P == 2 ? tail_pixels<4, 2, OUT, RELU> : tail_pixels<4, 4, OUT, RELU>;
-    const auto fn1 = P == 2 ? tail_pixels<1, 2, OUT, RELU> : tail_pixels<1, 4, OUT, RELU>;
     for (; x + P <= x_hi; ) {
-      const int64_t n_px = x + 4 * P <= x_hi ? 4 * P : P;
-      (n_px == P ? fn1 : fn4)(e, nt, rs.tap.data(), rs.step.data(), taps, row_off + x * C, C);
-      for (int64_t t = 0; t < taps; ++t) rs.tap[t] += n_px * rs.step[t];
-      x += n_px;
+      const int64_t vecs = std::min<int64_t>(kGenPx, (x_hi - x) / P);
+      tail_pixels_for<OUT, RELU>(P, vecs)(e, nt, rs.tap.data(), rs.step.data(), taps,
+                                          row_off + x * C, C);
+      for (int64_t t = 0; t < taps; ++t) rs.tap[t] += vecs * P * rs.step[t];
+      x += vecs * P;
     }
-  } else if (x + kPx <= x_hi) {
+  } else if (x < x_hi) {
     set_taps(j, n, y, x, c0, rs);
-    const auto fn = left >= 64 ? pixels<kPx, true, OUT, RELU> : pixels<kPx, false, OUT, RELU>;
-    for (; x + kPx <= x_hi; x += kPx) {
+    const bool full = left >= 64;
+    const auto fn = full ? pixels<kGenPx, true, OUT, RELU> : pixels<kGenPx, false, OUT, RELU>;
+    for (; x + kGenPx <= x_hi; x += kGenPx) {
       fn(be, e, rs.tap.data(), rs.step.data(), taps, wb, lmask, row_off + x * C, C, me);
-      for (int64_t t = 0; t < taps; ++t) rs.tap[t] += kPx * rs.step[t];
+      for (int64_t t = 0; t < taps; ++t) rs.tap[t] += kGenPx * rs.step[t];
+    }
+    // The last inside pixels in one call: one pixel per call would leave only 4 vpdpbusd
+    // chains, each waiting on the last.
+    if (x < x_hi) {
+      pixels_rest<OUT, RELU>(full, x_hi - x)(be, e, rs.tap.data(), rs.step.data(), taps, wb,
+                                             lmask, row_off + x * C, C, me);
+      x = x_hi;
     }
   }
   for (; x < j.ow; ++x) {
