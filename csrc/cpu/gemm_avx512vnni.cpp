@@ -33,6 +33,7 @@ struct Tile {
   int64_t m;                // first row
   int64_t p;                // first panel
   bool first = false;       // first of its panel group's tiles in the row block
+  const int8_t* pf_next = nullptr;  // a panel of the next panel group, to prefetch into L2
 };
 
 // Loads the 4 activation bytes of k-group `grp` of a row, reading no byte past K.
@@ -93,15 +94,23 @@ __attribute__((noinline)) void store_strip(const GemmArgs& g, int64_t m0, int64_
 // end is harmless.
 constexpr int64_t kPrefetchGroups = 32;
 
-template <int MR, int NP, bool PF = false>
+// The tiles after the first find their weights in cache and have load slots to spare:
+// each of the first few brings one panel of the next panel group into L2 (Prefetch::next,
+// one line per k-group), so that group's first tile does not wait on L3 either.
+enum class Prefetch { none, own, next };
+
+template <int MR, int NP, Prefetch PF = Prefetch::none>
 inline void accumulate(__m512i (&acc)[MR][NP], const uint8_t* const (&row)[MR],
-                       const int8_t* b, int64_t stride, int64_t groups) {
+                       const int8_t* b, int64_t stride, int64_t groups,
+                       const int8_t* next = nullptr) {
   for (int64_t grp = 0; grp < groups; ++grp) {
-    if constexpr (PF) {
+    if constexpr (PF == Prefetch::own) {
 #pragma GCC unroll 8
       for (int j = 0; j < NP; ++j)
         _mm_prefetch(reinterpret_cast<const char*>(b + j * stride + (grp + kPrefetchGroups) * 64),
                      _MM_HINT_T0);
+    } else if constexpr (PF == Prefetch::next) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + grp * 64), _MM_HINT_T1);
     }
     __m512i w[NP];
 #pragma GCC unroll 8
@@ -166,7 +175,10 @@ void tile_kernel(const Tile& t) {
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) row[i] = ga.rows[t.m + i] + ga.seg_off[s];
       if (t.first)
-        accumulate<MR, NP, true>(acc, row, b + s * groups * 64, stride, groups);
+        accumulate<MR, NP, Prefetch::own>(acc, row, b + s * groups * 64, stride, groups);
+      else if (t.pf_next)
+        accumulate<MR, NP, Prefetch::next>(acc, row, b + s * groups * 64, stride, groups,
+                                           t.pf_next + s * groups * 64);
       else
         accumulate(acc, row, b + s * groups * 64, stride, groups);
     }
@@ -176,7 +188,9 @@ void tile_kernel(const Tile& t) {
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) row[i] = g.A + (t.m + i) * g.lda;
   if (t.first)
-    accumulate<MR, NP, true>(acc, row, b, stride, full_groups);
+    accumulate<MR, NP, Prefetch::own>(acc, row, b, stride, full_groups);
+  else if (t.pf_next)
+    accumulate<MR, NP, Prefetch::next>(acc, row, b, stride, full_groups, t.pf_next);
   else
     accumulate(acc, row, b, stride, full_groups);
   if (full_groups < g.B.k_groups) {  // K % 4 != 0: one partial group
@@ -237,12 +251,16 @@ void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m
     const int widest = fit(static_cast<int>(std::min<int64_t>(me - mb, rows)));
     for (int64_t p = p0; p < p1; p += widest) {
       const int np = static_cast<int>(std::min<int64_t>(widest, p1 - p));
+      const int64_t next_p = p + widest < p1 ? p + widest : (me < m1 ? p0 : p1);
+      const int64_t next_np = std::min<int64_t>(widest, p1 - next_p);
       for (int64_t m = mb; m < me; m += rows) {
         const int mr = static_cast<int>(std::min<int64_t>(rows, me - m));
         const int np_fit = std::min(np, fit(mr));
+        const int64_t r = (m - mb) / rows - 1;  // which panel of the next group to prefetch
+        const int8_t* pf = r >= 0 && r < next_np ? g.B.panel(next_p + r) : nullptr;
         for (int64_t q = p; q < p + np; q += np_fit) {
           const int npq = static_cast<int>(std::min<int64_t>(np_fit, p + np - q));
-          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q, m == mb});
+          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q, m == mb, q == p ? pf : nullptr});
         }
       }
     }
