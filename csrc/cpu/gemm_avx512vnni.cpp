@@ -96,7 +96,9 @@ constexpr int64_t kPrefetchGroups = 32;
 
 // The tiles after the first find their weights in cache and have load slots to spare:
 // each of the first few brings one panel of the next panel group into L2 (Prefetch::next,
-// one line per k-group), so that group's first tile does not wait on L3 either.
+// one line per k-group), so that group's first tile does not wait on L3 either (A/B, the
+// weight evicted before each call, 1 thread: 32x768^2 1.09x, 64x4096^2 1.06x, ResNet-18's
+// 512@7 conv 1.05-1.09x; the rest within 2%).
 enum class Prefetch { none, own, next };
 
 template <int MR, int NP, Prefetch PF = Prefetch::none>
