@@ -177,6 +177,21 @@ def test_eager_path_equals_custom_op():
     assert torch.equal(direct, torch.relu(via_op))
 
 
+@pytest.mark.parametrize("make_x", [
+    lambda: _x(5, 50), lambda: _x(2, 3, 50), lambda: _x(50), lambda: _x(50, 4).t(),
+    lambda: _x(3, 50).requires_grad_(), lambda: _x(6, 100)[:, ::2]],
+    ids=["2d", "3d", "1d", "transposed", "requires_grad", "strided"])
+def test_fast_eager_path_equals_checked_path(make_x):
+    """forward admits plain float32 calls with one test; the rest goes through the full
+    checks. Both routes must give the same bits, shape and dtype."""
+    ql = QuantLinear.from_float(_linear(50, 30))
+    x = make_x()
+    y = ql(x)
+    assert torch.equal(y, ql._forward_checked(x)) and not y.requires_grad
+    ref = ql(x.detach().contiguous().reshape(-1, 50)).reshape(*x.shape[:-1], 30)
+    assert y.shape == ref.shape and torch.equal(y, ref)
+
+
 def test_deterministic_across_thread_counts():
     lin = _linear(300, 200)
     x = _x(64, 300)

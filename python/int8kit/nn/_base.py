@@ -16,8 +16,6 @@ as an nn.Module.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import nn
 
@@ -35,6 +33,16 @@ def check_float_input(x, name: str = "x") -> None:
     if not x.is_cpu:  # (x.device builds an object: 0.4 us)
         raise ValueError(f"{name} must be a CPU tensor (int8kit's kernels run on CPU), "
                          f"got device {x.device}")
+
+
+_is_compiling = torch.compiler.is_compiling  # (module attribute lookups cost when cold)
+_jit_tracing_state = torch._C._get_tracing_state
+
+
+def use_custom_op(x) -> bool:
+    """True while tracing (torch.compile, torch.export, jit, fake or proxy tensors): the
+    kernels then run as torch.library custom ops, which the tracers understand."""
+    return type(x) is not torch.Tensor or _is_compiling() or _jit_tracing_state() is not None
 
 
 class NotConvertibleError(ValueError):
@@ -61,8 +69,12 @@ class QuantModuleBase(nn.Module):
         load_state_dict, repacking); in-place updates show through the views."""
         b = self._buffers
         cache = self.__dict__.get("_views_cache")
-        if cache is not None and all(map(operator.is_, map(b.get, self._kernel_buffers), cache[0])):
-            return cache[1]
+        if cache is not None:
+            for name, t in zip(self._kernel_buffers, cache[0]):
+                if b.get(name) is not t:
+                    break
+            else:
+                return cache[1]
         key = tuple(b[n] for n in self._kernel_buffers)
         cache = (key, tuple(None if t is None else t.numpy() for t in key))
         self.__dict__["_views_cache"] = cache

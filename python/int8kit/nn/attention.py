@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _C
-from ._base import INPUT_DTYPES, NotConvertibleError, QuantModuleBase
-from .linear import QuantLinear, _numpy, _use_custom_op
+from ._base import INPUT_DTYPES, NotConvertibleError, QuantModuleBase, use_custom_op
+from .linear import QuantLinear, _numpy
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -183,7 +183,7 @@ class QuantMultiheadAttention(QuantModuleBase):
         """The q, k and v projections. Self-attention in eager mode quantizes its one input
         once for all three (one native call; the same bits as three QuantLinear calls)."""
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        if not (query is key and key is value) or _use_custom_op(query) or not all(
+        if not (query is key and key is value) or use_custom_op(query) or not all(
                 _plain(p) and p.activation_scheme == projs[0].activation_scheme
                 and p.threads == projs[0].threads for p in projs):
             return self.q_proj(query), self.k_proj(key), self.v_proj(value)

@@ -7,15 +7,10 @@ from torch import nn
 
 from .. import conv_ops
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, QuantModuleBase, check_float_input
+from ._base import NotConvertibleError, QuantModuleBase, check_float_input, use_custom_op
 from ._conv_op import conv2d_dynamic, conv2d_dynamic_np, nchw_numpy
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
-
-
-def _use_custom_op(x: torch.Tensor) -> bool:
-    """True while tracing (torch.compile, torch.export, jit, fake or proxy tensors)."""
-    return torch.compiler.is_compiling() or type(x) is not torch.Tensor or torch.jit.is_tracing()
 
 
 def _resolve_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -145,7 +140,7 @@ class QuantConv2d(QuantModuleBase):
             raise ValueError(f"x's spatial size {tuple(shape[2:])} (padded by "
                              f"{self.padding}) is smaller than the dilated kernel")
         xf = x if x.dtype == torch.float32 else x.float()  # keeps the memory format
-        if _use_custom_op(x):
+        if use_custom_op(x):
             channels_last = (x.is_contiguous(memory_format=torch.channels_last)
                              and not x.is_contiguous())
             y = conv2d_dynamic(xf, self.packed, self.weight_scale, self.bias, self._params,

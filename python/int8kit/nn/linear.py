@@ -9,7 +9,7 @@ from torch import nn
 from .. import _C, ops
 from .._custom_ops import linear_dynamic
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, QuantModuleBase, check_float_input
+from ._base import NotConvertibleError, QuantModuleBase, check_float_input, use_custom_op
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
 ACTIVATION_SCHEMES = ("per_row", "per_tensor")
@@ -26,11 +26,6 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     a copy only when x is not contiguous. Checked in numpy: cheaper than asking torch."""
     a = (x.detach() if x.requires_grad else x).numpy()
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
-
-
-def _use_custom_op(x: torch.Tensor) -> bool:
-    """True while tracing (torch.compile, torch.export, jit, fake or proxy tensors)."""
-    return torch.compiler.is_compiling() or type(x) is not torch.Tensor or torch.jit.is_tracing()
 
 
 class QuantLinear(QuantModuleBase):
@@ -122,25 +117,37 @@ class QuantLinear(QuantModuleBase):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One test admits the common call (eager, float32 [..., in_features] on the CPU) in
+        # as few Python steps as possible: at M = 1 each costs about as much as the GEMM,
+        # several microseconds when the module is out of cache, as it is between a model's
+        # layers. Everything else is validated in full.
+        if (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.dim()
+                and x.shape[-1] == self.in_features and not use_custom_op(x)):
+            return torch.from_numpy(self._run(_numpy(x)))
+        return self._forward_checked(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """The fused native call on a float32 array [..., in_features] (reshapes in numpy:
+        each torch call costs about a microsecond)."""
+        x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
+        y = _C.linear_dynamic(x2, *self._kernel_views(), self.activation_scheme == "per_row",
+                              False, self.threads or torch.get_num_threads())
+        return y if x.ndim == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(x)
         shape = x.shape
         if len(shape) == 0 or shape[-1] != self.in_features:
             raise ValueError(f"x must have shape [..., {self.in_features}] "
                              f"(in_features), got {tuple(shape)}")
-        per_row = self.activation_scheme == "per_row"
         xf = x if x.dtype == torch.float32 else x.float()
-        if _use_custom_op(x):
+        if use_custom_op(x):
             x2 = xf if len(shape) == 2 else xf.reshape(-1, self.in_features)
-            y = linear_dynamic(x2, self.packed, self.weight_scale, self.bias,
-                               self.out_features, per_row, False, self.threads or 0)
+            y = linear_dynamic(x2, self.packed, self.weight_scale, self.bias, self.out_features,
+                               self.activation_scheme == "per_row", False, self.threads or 0)
             y = y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features)
-        else:  # eager: one fused native call; reshapes in numpy (each torch call costs ~1 us)
-            y = _C.linear_dynamic(_numpy(xf).reshape(-1, self.in_features),
-                                  *self._kernel_views(), per_row, False,
-                                  self.threads or torch.get_num_threads())
-            if len(shape) != 2:
-                y = y.reshape(*shape[:-1], self.out_features)
-            y = torch.from_numpy(y)
+        else:
+            y = torch.from_numpy(self._run(_numpy(xf)))
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def dequantize_weight(self) -> torch.Tensor:
