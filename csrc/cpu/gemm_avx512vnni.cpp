@@ -266,7 +266,8 @@ void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m
         const int8_t* pf = r >= 0 && r < next_np ? g.B.panel(next_p + r) : nullptr;
         for (int64_t q = p; q < p + np; q += np_fit) {
           const int npq = static_cast<int>(std::min<int64_t>(np_fit, p + np - q));
-          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q, m == mb && !one_tile, q == p ? pf : nullptr});
+          const bool first = m == mb && !one_tile;
+          kTiles[mr - 1][npq - 1](Tile{g, gather, m, q, first, q == p ? pf : nullptr});
         }
       }
     }
