@@ -58,6 +58,10 @@ SHAPES = [
     (2, 19, 6, 80, 80, 3, 1, 1, 1, 80),   # row passes that cross images
     (1, 6, 5, 96, 96, 3, 1, (2, 3), 1, 96),  # padding wider than 1
     (1, 5, 1, 144, 144, 3, 1, 1, 1, 144),  # an image 1 pixel wide
+    # depthwise 3x3 stride 1, rows wider than 62 pixels: built in chunks of 60 pixels
+    (1, 4, 63, 64, 64, 3, 1, 1, 1, 64),   # one chunk of 60 + 3 pixels (1-pixel calls)
+    (1, 3, 131, 70, 70, 3, 1, 0, 1, 70),  # no padding: 60 + 60 + 9, a block of 6 channels
+    (2, 3, 125, 80, 80, 3, 1, 1, 1, 80),  # the 64-channel block in chunks, then 16 wide
     # the general depthwise kernel with a last block of 16 or 32 channels: inside the row
     # 4 or 2 pixels share a vector, in runs of 4 vectors, then single vectors, then pixels
     (1, 9, 17, 96, 96, 3, 2, 1, 1, 96),   # stride 2, 64 + 32: 7 inside pixels
