@@ -135,24 +135,35 @@ std::vector<ModEpi> mod_epis(const DwJob& j) {
   return out;
 }
 
-// The u8 epilogue of one pixel from accumulators that started at me.acc0 (epi_store16_t's
-// arithmetic lane for lane; the clamp at 0 is left to the saturating packs, as in finish3).
+// epi_store16_t's u8 arithmetic, lane for lane, on 4 vectors of accumulators that already
+// hold the zero-point correction, packed to bytes: byte 4r + a of 128-bit lane L comes from
+// lane 4L + a of vector r.
 template <bool RELU>
-__attribute__((always_inline)) inline __m512i u8_bytes_mod(const GemmArgs& e, const ModEpi& me,
-                                                           const __m512i* acc) {
+__attribute__((always_inline)) inline __m512i u8_packed(const GemmArgs& e, const __m512i* acc,
+                                                        const __m512* s, const __m512* bias) {
   __m512i q[4];
 #pragma GCC unroll 4
   for (int r = 0; r < 4; ++r) {
-    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), me.s[r], me.bias[r]);
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), s[r], bias[r]);
     if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
     __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(e.out_inv_scale),
                                _mm512_set1_ps(static_cast<float>(e.out_zp)));
-    t = _mm512_min_ps(_mm512_set1_ps(255.f), t);  // NaN passes, converts to INT_MIN -> 0
+    // The clamp at 0 is left to the saturating packs below (negative -> 0). With 255.f
+    // first, min_ps passes a NaN t through; it converts to INT_MIN and packs to 0, which
+    // is what clamping NaN gives in the scalar form.
+    t = _mm512_min_ps(_mm512_set1_ps(255.f), t);
     q[r] = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  // After the packs, byte 4r + a of 128-bit lane L holds channel 16L + 4a + r.
-  const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
-                                        _mm512_packus_epi32(q[2], q[3]));
+  // q <= 255: the saturating packs map q < 0 to 0 and are exact above.
+  return _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]), _mm512_packus_epi32(q[2], q[3]));
+}
+
+// The u8 bytes of one pixel in channel order, from accumulators that started at me.acc0.
+template <bool RELU>
+__attribute__((always_inline)) inline __m512i u8_bytes_mod(const GemmArgs& e, const ModEpi& me,
+                                                           const __m512i* acc) {
+  // Byte 4r + a of 128-bit lane L holds channel 16L + 4a + r.
+  const __m512i p = u8_packed<RELU>(e, acc, me.s, me.bias);
   const __m512i order = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
   return _mm512_shuffle_epi8(p, order);
 }
@@ -482,23 +493,7 @@ __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const Bloc
                                                    int64_t off, int64_t w, int64_t gap,
                                                    const __m512i* acc) {
   if constexpr (OUT == OutKind::u8) {
-    __m512i q[4];
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {  // epi_store16_t's u8 arithmetic, lane for lane
-      __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[v]), bs.s[v], bs.bias[v]);
-      if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
-      __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(e.out_inv_scale),
-                                 _mm512_set1_ps(static_cast<float>(e.out_zp)));
-      // The clamp at 0 is left to the saturating packs below (negative -> 0). With 255.f
-      // first, min_ps passes a NaN t through; it converts to INT_MIN and packs to 0, which
-      // is what clamping NaN gives in the scalar form.
-      t = _mm512_min_ps(_mm512_set1_ps(255.f), t);
-      q[v] = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    }
-    // q <= 255: the saturating packs map q < 0 to 0 and are exact above; lane L ->
-    // channels 16L .. 16L+15.
-    const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]),
-                                          _mm512_packus_epi32(q[2], q[3]));
+    const __m512i p = u8_packed<RELU>(e, acc, bs.s, bs.bias);  // lane L: channels 16L..16L+15
     uint8_t* y = static_cast<uint8_t*>(e.C) + off;
     if (gap == 0) {
       _mm512_mask_storeu_epi8(y, lmask, p);
