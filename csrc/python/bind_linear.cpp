@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "aligned_array.h"
 #include "checked_array.h"
 #include "int8kit/linear.h"
 
@@ -47,7 +48,7 @@ py::array linear_dynamic_py(const py::handle& x, const py::handle& packed,
                             const py::handle& w_scale, const py::handle& bias, bool per_row,
                             bool relu, int nthreads) {
   const LinearArgs a = linear_args(x, packed, w_scale, bias, relu);
-  py::array_t<float> y({a.M, a.B.n});
+  auto y = bind::aligned_empty<float>({a.M, a.B.n});
   float* yp = y.mutable_data();
   bool finite;
   {
@@ -70,7 +71,7 @@ py::list linear_dynamic_multi_py(const py::handle& x, const py::sequence& packed
   std::vector<float*> yp;
   for (size_t i = 0; i < n; ++i) {
     layers.push_back(linear_args(x, packed[i], w_scale[i], bias[i], false));
-    ys.emplace_back(std::vector<py::ssize_t>{layers[i].M, layers[i].B.n});
+    ys.push_back(bind::aligned_empty<float>({layers[i].M, layers[i].B.n}));
     yp.push_back(ys.back().mutable_data());
   }
   bool finite;
@@ -100,8 +101,8 @@ py::array linear_static_py(const py::handle& x, const py::handle& packed,
   const LinearArgs a = linear_args(x, packed, w_scale, bias, relu);
   const float in_scale = single<float>(in_scale_obj, "in_scale");
   const int32_t in_zp = single<int32_t>(in_zp_obj, "in_zero_point");
-  py::array y = out_u8 ? py::array(py::array_t<uint8_t>({a.M, a.B.n}))
-                       : py::array(py::array_t<float>({a.M, a.B.n}));
+  py::array y = bind::aligned_empty({a.M, a.B.n}, out_u8 ? py::dtype::of<uint8_t>()
+                                                            : py::dtype::of<float>());
   void* yp = y.mutable_data();
   bool finite;
   {

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "aligned_array.h"
 #include "checked_array.h"
 #include "int8kit/cpu_features.h"
 #include "int8kit/gemm.h"
@@ -123,6 +124,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("active_isa_reason", &active_isa_reason);
   m.def("set_isa", [](const std::string& name) { set_active_isa(parse_isa(name)); });
   m.def("packed_size_bytes", &packed_size_bytes);
+  m.def("empty", [](const std::vector<py::ssize_t>& shape, const py::object& dtype) {
+          return bind::aligned_empty(shape, py::dtype::from_args(dtype));
+        }, py::arg("shape"), py::arg("dtype"),
+        "An uninitialized array whose data starts on a 64-byte cache line");
   m.def("pack_weight", [](const py::handle& w_obj, const py::handle& out_obj) {
     auto w = checked<int8_t>(w_obj, "weight", 2);
     auto out = checked<uint8_t>(out_obj, "out", 1);

@@ -154,7 +154,7 @@ def _run(x, x_zero_point, packed, out_dtype, x_scale=1.0, w_scale=None, bias=Non
                          f"dimension, got shape {tuple(arr.shape)}")
     oh, ow = PackedConvWeight(torch.from_numpy(buf)).output_size(arr.shape[1], arr.shape[2])
     oc = info["out_channels"]
-    out = np.empty((arr.shape[0], oh, ow, oc), dtype=out_dtype)
+    out = _C.empty((arr.shape[0], oh, ow, oc), out_dtype)
     if out_dtype != np.int32:
         w_scale = per_index(w_scale, "w_scale", oc, np.float32)
         if np.any(w_scale <= 0):
@@ -203,7 +203,7 @@ def conv2d_reference(x, x_zero_point, w, stride=1, padding=0, dilation=1, groups
     buf = torch.empty(_C.conv_packed_size_bytes(params), dtype=torch.uint8)
     _C.pack_conv_weight(wa, params, buf.numpy())
     oh, ow = PackedConvWeight(buf).output_size(arr.shape[1], arr.shape[2])
-    out = np.empty((arr.shape[0], oh, ow, params[1]), dtype=out_dtype)
+    out = _C.empty((arr.shape[0], oh, ow, params[1]), out_dtype)
     if w_scale is not None:
         w_scale = per_index(w_scale, "w_scale", params[1], np.float32)
     if bias is not None:

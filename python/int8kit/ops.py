@@ -127,6 +127,25 @@ def _packed_buffer(packed) -> np.ndarray:
     return as_numpy(packed, "packed", np.uint8, 1)
 
 
+_NUMPY_OF = {np.int32: torch.int32, np.float32: torch.float32}
+
+
+def _as_kernel_param(value, name: str, n: int, dtype):
+    """A per-index parameter for the kernel. One that already has the kernel's dtype and
+    is 1-D and contiguous goes as it is, since the kernel checks its length and values
+    (range, finite, > 0); anything else is converted and checked here. Numpy reductions
+    cost several microseconds each when a big GEMM has just evicted the interpreter from
+    cache."""
+    if type(value) is np.ndarray:
+        if value.dtype == dtype and value.ndim == 1 and value.flags.c_contiguous:
+            return value
+    elif (type(value) is torch.Tensor and value.dtype is _NUMPY_OF[dtype] and value.dim() == 1
+          and value.is_cpu and value.layout is torch.strided and value.is_contiguous()
+          and not value.requires_grad):
+        return value.numpy()
+    return per_index(value, name, n, dtype)
+
+
 def _activations(a, a_zero_point):
     """uint8 activations as they are; int8 ones shifted by +128 (zero point too)."""
     is_torch = isinstance(a, torch.Tensor)
@@ -137,6 +156,8 @@ def _activations(a, a_zero_point):
         if not lo <= a_zero_point <= hi:
             raise ValueError(f"a_zero_point must be in [{lo}, {hi}] for {arr.dtype} activations")
         zp = np.array([a_zero_point + (128 if signed else 0)], np.int32)
+    elif not signed:  # the kernel checks the range
+        zp = _as_kernel_param(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
     else:
         zp = per_index(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
         if zp.size and (zp.min() < lo or zp.max() > hi):
@@ -148,26 +169,19 @@ def _activations(a, a_zero_point):
     return arr, zp, is_torch
 
 
-def _positive(v: np.ndarray, name: str) -> np.ndarray:
-    if (v[0] <= 0) if v.size == 1 else bool(np.any(v <= 0)):
-        raise ValueError(f"{name} must be > 0")
-    return v
-
-
 def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=None,
          relu=False, out_inv_scale=1.0, out_zero_point=0, threads=None, isa=None):
     buf = _packed_buffer(packed)
     arr, zp, is_torch = _activations(a, a_zero_point)
     n = packed.out_features if isinstance(packed, PackedWeight) else _C.packed_info(buf)["n"]
-    out = np.empty((arr.shape[0], n), dtype=out_dtype)
+    out = _C.empty((arr.shape[0], n), out_dtype)
+    # values (scales finite and > 0, bias finite) are checked by the kernel
     if a_scale is not None:
-        a_scale = _positive(per_index(a_scale, "a_scale", arr.shape[0], np.float32), "a_scale")
+        a_scale = _as_kernel_param(a_scale, "a_scale", arr.shape[0], np.float32)
     if w_scale is not None:
-        w_scale = _positive(per_index(w_scale, "w_scale", n, np.float32), "w_scale")
+        w_scale = _as_kernel_param(w_scale, "w_scale", n, np.float32)
     if bias is not None:
         bias = as_numpy(bias, "bias", np.float32, 1)
-        if not np.all(np.isfinite(bias)):
-            raise ValueError("bias must be finite (it contains NaN or Inf)")
     _C.gemm(arr, zp, buf, out, a_scale, w_scale, bias, bool(relu), float(out_inv_scale),
             int(out_zero_point), _threads(threads), _isa(isa))
     return torch.from_numpy(out) if is_torch else out

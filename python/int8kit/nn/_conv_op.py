@@ -43,7 +43,7 @@ def conv2d_dynamic_np(xa: np.ndarray, x_nhwc: bool, packed: np.ndarray, w_scale:
         n, _, h, w = xa.shape
     oc = params[1]
     oh, ow = _out_hw(h, w, params)
-    y = np.empty((n, oh, ow, oc) if channels_last else (n, oc, oh, ow), np.float32)
+    y = _C.empty((n, oh, ow, oc) if channels_last else (n, oc, oh, ow), np.float32)
     if n > 0:
         ok, _, _ = _C.conv2d_dynamic_f32(xa, x_nhwc, packed, w_scale, bias, bool(relu), y,
                                          channels_last, threads, isa)

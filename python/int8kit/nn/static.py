@@ -204,7 +204,7 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         req = _check_out(out)
         q2 = q.reshape(-1, self.in_features).contiguous()
         dtype = np.float32 if req is None else np.uint8
-        y = np.empty((q2.shape[0], self.out_features), dtype=dtype)
+        y = _C.empty((q2.shape[0], self.out_features), dtype)
         if q2.shape[0]:
             inv, zp = req if req is not None else (1.0, 0)
             packed, w_scale, bias, in_scale, in_zp = self._kernel_views()
@@ -278,7 +278,7 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
         (ph, pw), (dh, dw) = self.padding, self.dilation
         oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        y = np.empty((n, oh, ow, self.out_channels), np.float32 if req is None else np.uint8)
+        y = _C.empty((n, oh, ow, self.out_channels), np.float32 if req is None else np.uint8)
         if n:
             qa, nhwc = nchw_numpy(q)
             packed, w_scale, bias, in_scale, in_zp = self._kernel_views()
