@@ -249,6 +249,13 @@ def setup(rng, ref):
     (dict(a_scale=np.array([1.0, 0.0, 1.0])), ValueError, "a_scale"),
     (dict(a_scale=np.array([1.0, np.nan, 1.0])), ValueError, "a_scale"),
     (dict(a_scale=np.array([np.inf])), ValueError, "a_scale"),
+    # float32 arrays and tensors go to the kernel as they are; it checks their values
+    (dict(a_scale=torch.tensor([1.0, -2.0, 1.0])), ValueError, "a_scale"),
+    (dict(a_scale=torch.tensor([float("nan")])), ValueError, "a_scale"),
+    (dict(a_scale=torch.ones(4)), ValueError, "a_scale"),
+    (dict(w_scale=torch.tensor([1.0, 1.0, 1.0, 1.0, float("inf")])), ValueError, "w_scale"),
+    (dict(w_scale=np.array([1, 1, 1, 1, 0], np.float32)), ValueError, "w_scale"),
+    (dict(bias=torch.tensor([0.0, 0.0, float("-inf"), 0.0, 0.0])), ValueError, "bias"),
     (dict(w_scale=np.ones(6, np.float32)), ValueError, "w_scale"),
     (dict(w_scale=np.ones(3, np.float32)), ValueError, "w_scale"),
     (dict(w_scale=np.ones((5, 1), np.float32)), ValueError, "w_scale"),
@@ -320,3 +327,13 @@ def test_tiny_out_scale_and_nan_bias_are_rejected_with_clear_messages(setup):
     bias[-1] = np.nan
     with pytest.raises(ValueError, match="bias must be finite"):
         ops.gemm_f32(a, 0, 0.5, p, 1.0, bias)
+
+
+def test_outputs_start_on_a_cache_line(setup):
+    # numpy aligns to 16 bytes; rows two threads write side by side then share cache lines
+    a, p, m, n = setup
+    for out in (ops.gemm_s32(a, 0, p), ops.gemm_f32(a, 0, 0.5, p, 1.0),
+                ops.gemm_u8(a, 0, 0.5, p, 1.0, 0.1, 3), ops.gemm_s32(torch.from_numpy(a), 0, p)):
+        data = out.data_ptr() if isinstance(out, torch.Tensor) else out.ctypes.data
+        assert data % 64 == 0
+        assert out.flags.c_contiguous if isinstance(out, np.ndarray) else out.is_contiguous()
