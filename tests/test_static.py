@@ -259,3 +259,27 @@ def test_input_params_follow_every_update_of_the_buffers():
     x = torch.randn(2, 4)
     assert torch.equal(m.quantize_input(x),
                        torch.quantize_per_tensor(x, 0.5, 9, torch.quint8).int_repr())
+
+
+@pytest.mark.parametrize("groups, stride, batch", [(1, 1, 2), (4, 2, 1), (8, 1, 3), (1, 1, 0)])
+def test_static_conv_op_equals_the_conv_kernels(groups, stride, batch):
+    # forward_quantized (one native call) against conv_ops on the same packed weight, for
+    # channels_last and NCHW-contiguous uint8 input, float and requantized uint8 output
+    from int8kit import conv_ops
+    torch.manual_seed(5)
+    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=1, groups=groups)
+    sq = StaticQuantConv2d.from_float(conv, torch.tensor([0.04]), torch.tensor([11]), relu=True)
+    q = torch.randint(0, 256, (batch, 8, 9, 7), dtype=torch.uint8)
+    nhwc = q.permute(0, 2, 3, 1).contiguous()
+    args = (nhwc, 11, 0.04, sq.packed, sq.weight_scale)
+    want_f = conv_ops.conv2d_f32(*args, sq.bias, relu=True)
+    want_u = conv_ops.conv2d_u8(*args, 0.1, 3, sq.bias, relu=True)
+    for x in (q, q.contiguous(memory_format=torch.channels_last)):
+        got_f, got_u = sq.forward_quantized(x), sq.forward_quantized(x, out=(0.1, 3))
+        assert got_f.dtype == torch.float32 and got_u.dtype == torch.uint8
+        assert torch.equal(got_f.permute(0, 2, 3, 1), want_f)
+        assert torch.equal(got_u.permute(0, 2, 3, 1), want_u)
+    with pytest.raises(ValueError, match="height and width must be >= 1"):
+        sq.forward_quantized(torch.zeros(1, 8, 1, 0, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="in_channels"):
+        sq.forward_quantized(torch.zeros(1, 7, 9, 9, dtype=torch.uint8))

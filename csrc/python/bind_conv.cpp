@@ -7,11 +7,13 @@
 #include <array>
 #include <string>
 
+#include "aligned_array.h"
 #include "checked_array.h"
 #include "int8kit/conv.h"
 
 namespace py = pybind11;
 using int8kit::bind::checked;
+using int8kit::bind::single;
 using namespace int8kit;
 
 namespace {
@@ -91,6 +93,29 @@ void fill_args(ConvArgs& c, const ConvParams& p, const py::handle& x_obj, int32_
   c.out_zp = out_zp;
 }
 
+// The op of a statically quantized conv layer: uint8 NHWC x with the layer's calibrated
+// input parameters, into a new NHWC output (float32, or uint8 requantized when out_u8).
+// One call, so that a layer costs little Python beyond the kernel.
+py::array conv2d_static_py(const py::handle& x_obj, const py::handle& packed,
+                           const py::handle& w_scale, const py::handle& bias,
+                           const py::handle& in_scale, const py::handle& in_zp, bool relu,
+                           bool out_u8, float out_inv_scale, int32_t out_zp, int nthreads) {
+  ConvArgs c;
+  c.wt = view_of(packed);
+  auto x = checked<uint8_t>(x_obj, "x", 4);
+  int64_t oh, ow;
+  conv_output_size(c.wt.p, x.shape(1), x.shape(2), &oh, &ow);
+  py::array y = bind::aligned_empty({x.shape(0), oh, ow, c.wt.p.out_channels},
+                                    out_u8 ? py::dtype::of<uint8_t>() : py::dtype::of<float>());
+  fill_args(c, c.wt.p, x, single<int32_t>(in_zp, "in_zero_point"), y,
+            single<float>(in_scale, "in_scale"), w_scale, bias, relu, out_inv_scale, out_zp);
+  {
+    py::gil_scoped_release nogil;
+    conv2d_with_isa(c, nthreads, active_isa());
+  }
+  return y;
+}
+
 py::dict info_of(const ConvView& v) {
   py::dict d;
   d["in_channels"] = v.p.in_channels;
@@ -146,6 +171,12 @@ void bind_conv(py::module_& m) {
     py::gil_scoped_release nogil;
     conv2d_with_isa(c, nthreads, path);
   });
+  m.def("conv2d_static", &conv2d_static_py, py::arg("x"), py::arg("packed"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("in_scale"), py::arg("in_zero_point"),
+        py::arg("relu"), py::arg("out_u8"), py::arg("out_inv_scale"),
+        py::arg("out_zero_point"), py::arg("threads"),
+        "uint8 NHWC x -> new float32 (or requantized uint8) NHWC output, with the layer's "
+        "input parameters as one-element arrays");
   m.def("conv2d_dynamic_f32", [](const py::handle& x_obj, bool x_nhwc, const py::handle& packed,
                                  const py::handle& w_scale_obj, const py::handle& bias_obj,
                                  bool relu, const py::handle& out_obj, bool out_nhwc,

@@ -14,6 +14,7 @@
 
 namespace py = pybind11;
 using int8kit::bind::checked;
+using int8kit::bind::single;
 using namespace int8kit;
 
 namespace {
@@ -84,14 +85,6 @@ py::list linear_dynamic_multi_py(const py::handle& x, const py::sequence& packed
   py::list out;
   for (auto& y : ys) out.append(y);
   return out;
-}
-
-// A one-element parameter array (the modules' input_scale / input_zero_point buffers).
-template <typename T>
-T single(const py::handle& obj, const char* name) {
-  auto a = checked<T>(obj, name, 1);
-  if (a.shape(0) != 1) throw py::value_error(std::string(name) + " must have length 1");
-  return a.data()[0];
 }
 
 py::array linear_static_py(const py::handle& x, const py::handle& packed,

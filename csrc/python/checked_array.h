@@ -41,4 +41,13 @@ std::pair<const T*, int64_t> per_index(const py::handle& obj, const char* name, 
                         ", got " + std::to_string(a.shape(0)));
 }
 
+// A one-element parameter array (the modules' input_scale / input_zero_point buffers, read
+// at each call so that in-place updates show).
+template <typename T>
+T single(const py::handle& obj, const char* name) {
+  auto a = checked<T>(obj, name, 1);
+  if (a.shape(0) != 1) throw py::value_error(std::string(name) + " must have length 1");
+  return a.data()[0];
+}
+
 }  // namespace int8kit::bind
