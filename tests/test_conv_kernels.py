@@ -36,6 +36,8 @@ SHAPES = [
     # implicit GEMM (AVX-512: activation rows read in place, no im2col)
     (2, 15, 13, 32, 48, 3, 1, 1, 1, 1),   # one run per kernel row; tiles cross rows, images
     (1, 9, 11, 12, 10, 3, 1, 2, (1, 2), 1),  # horizontal dilation: one run per tap
+    (1, 4, 4, 64, 256, 3, 1, 1, 1, 1),    # few pixels: 2 threads split the 16 panels 8 + 8
+    (1, 3, 5, 64, 208, 3, 1, 1, 1, 1),    # 13 panels, split in units of 3
     (1, 8, 9, 16, 20, 3, (2, 1), 0, 1, 1),  # no padding: x itself is read
     # depthwise 3x3 stride 1 with C = 8, 16, 32: 64 / C pixels per vector, partial last one
     (1, 7, 13, 32, 32, 3, 1, 1, 1, 32),   # 6 full vectors (a 4-vector run) + 1 pixel

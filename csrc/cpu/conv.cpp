@@ -29,7 +29,7 @@ using detail::DwJob;
 // Below this many multiply-adds per thread, another thread costs more than it saves.
 constexpr int64_t kMinMacsPerThread = int64_t(1) << 19;
 constexpr int64_t kIm2colTileBytes = int64_t(192) << 10;  // per thread, well inside L2
-constexpr int64_t kPanelsPerUnit = 3;                      // the GEMM's widest tile
+constexpr int64_t kPanelsPerUnit = 3;  // the GEMM's widest tile, where the path has no tile_panels
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -134,7 +134,9 @@ const uint8_t* padded_input(const ConvArgs& a, int64_t hp, int64_t wp, int nthre
   const int64_t c = p.in_channels, rows = a.n * hp;
   buf.resize(static_cast<size_t>(rows * wp * c));
   const uint8_t zp = static_cast<uint8_t>(a.x_zp);
-  const int nt = static_cast<int>(std::clamp<int64_t>(rows * wp * c >> 18, 1, nthreads));
+  // Split from 32 KB per thread: otherwise the other threads wait out this copy (2 threads,
+  // 64@56 batch 1: 4% of the conv).
+  const int nt = static_cast<int>(std::clamp<int64_t>(rows * wp * c >> 15, 1, nthreads));
   detail::parallel_for(nt, [&](int tid) {
     const auto [r0, r1] = split(rows, nt, tid);
     for (int64_t r = r0; r < r1; ++r) {
@@ -186,7 +188,9 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   if (tiles * G >= nt) tiles = round_up(tiles * G, nt) / G;
   const int64_t mt = strided ? ow : round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
   tiles = ceil_div(M, mt);
-  const int64_t n_units = ceil_div(views[0].n_panels, kPanelsPerUnit);
+  const detail::KernelTable& kt = detail::kernels_for(isa);
+  const int64_t unit_panels = kt.tile_panels ? kt.tile_panels(views[0].n_panels) : kPanelsPerUnit;
+  const int64_t n_units = ceil_div(views[0].n_panels, unit_panels);
   const int64_t nsplit =
       tiles * G >= nt ? 1 : std::min<int64_t>(n_units, ceil_div(nt, tiles * G));
   const int64_t units = G * tiles * nsplit;
@@ -230,7 +234,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
       if (ga.out != OutKind::s32) ga.w_scale = a.w_scale + g * ocg * a.w_scale_stride;
       if (ga.bias) ga.bias = a.bias + g * ocg;
       const auto [v0, v1] = split(n_units, nsplit, s);
-      const int64_t p0 = v0 * kPanelsPerUnit, p1 = std::min(v1 * kPanelsPerUnit, ga.B.n_panels);
+      const int64_t p0 = v0 * unit_panels, p1 = std::min(v1 * unit_panels, ga.B.n_panels);
       if (p0 >= p1) continue;
       if (implicit)
         gather(ga, detail::GatheredA{rowptr.data(), runs.data(), static_cast<int64_t>(runs.size()),

@@ -109,7 +109,8 @@ const KernelTable& kernels_for(Isa isa) {
   static const KernelTable avx2{gemm_block_avx2, minmax_avx2, quantize_u8_avx2};
   static const KernelTable avx_vnni{gemm_block_avxvnni, minmax_avx2, quantize_u8_avx2};
   static const KernelTable avx512{gemm_block_avx512vnni, minmax_avx512, quantize_u8_avx512,
-                                  gemm_gather_block_avx512vnni, tile_rows_avx512vnni};
+                                  gemm_gather_block_avx512vnni, tile_rows_avx512vnni,
+                                  tile_panels_avx512vnni};
   if (isa == Isa::avx512_vnni) return avx512;
   if (isa == Isa::avx_vnni) return avx_vnni;
   if (isa == Isa::avx2) return avx2;

@@ -277,6 +277,7 @@ void run_block(const GemmArgs& g, const GatheredA* gather, int64_t m0, int64_t m
 }  // namespace
 
 int tile_rows_avx512vnni(int64_t panels) { return six_by_four(panels) ? 6 : kMaxRows; }
+int tile_panels_avx512vnni(int64_t panels) { return six_by_four(panels) ? 4 : 3; }
 
 void gemm_block_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
   run_block(g, nullptr, m0, m1, p0, p1);

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "kernels.h"
 #include "thread_pool.h"
@@ -63,41 +62,6 @@ void validate(const GemmArgs& g) {
     throw std::invalid_argument("output scale must be finite and > 0");
   if (g.out == OutKind::u8 && (g.out_zp < 0 || g.out_zp > 255))
     throw std::invalid_argument("output zero point must be in [0, 255]");
-}
-
-struct Tile {
-  int64_t m0, m1, p0, p1;  // rows [m0, m1) x panels [p0, p1)
-};
-
-// The last tile each thread takes is cut kTailSplit ways (along rows, in whole row units,
-// else along column units), so threads finish within a small tile of each other: with
-// equal tiles, a thread that starts a little late leaves the other idle for up to a whole
-// tile at the end.
-constexpr int64_t kTailSplit = 4;
-
-void split_tail(std::vector<Tile>* tiles, int64_t nt, int64_t row_unit) {
-  const size_t n_tail = std::min(tiles->size(), static_cast<size_t>(nt));
-  std::vector<Tile> tail(tiles->end() - n_tail, tiles->end());
-  tiles->resize(tiles->size() - n_tail);
-  for (const Tile& t : tail) {
-    const int64_t row_units = (t.m1 - t.m0 + row_unit - 1) / row_unit;
-    const int64_t col_units = (t.p1 - t.p0 + kPanelsPerUnit - 1) / kPanelsPerUnit;
-    const bool by_rows = row_units >= col_units;
-    const int64_t units = by_rows ? row_units : col_units;
-    const int64_t parts = std::min(kTailSplit, units);
-    for (int64_t i = 0; i < parts; ++i) {
-      const int64_t u0 = i * units / parts, u1 = (i + 1) * units / parts;
-      Tile s = t;
-      if (by_rows) {
-        s.m0 = t.m0 + u0 * row_unit;
-        s.m1 = std::min(t.m1, t.m0 + u1 * row_unit);
-      } else {
-        s.p0 = t.p0 + u0 * kPanelsPerUnit;
-        s.p1 = std::min(t.p1, t.p0 + u1 * kPanelsPerUnit);
-      }
-      tiles->push_back(s);
-    }
-  }
 }
 
 }  // namespace
@@ -161,22 +125,17 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
       *m1 = std::min(*m0 + rows_per_tile, g.M);
     }
   };
-  std::vector<Tile> tiles;
-  tiles.reserve(static_cast<size_t>(tiles_n * tiles_m + kTailSplit * nt));
-  for (int64_t t = 0; t < tiles_n * tiles_m; ++t) {
-    const int64_t un = t / tiles_m, um = t % tiles_m;  // row tiles of one column tile
-    const int64_t p0 = un * units_per_tile * kPanelsPerUnit;           // adjacent: B stays
-    const int64_t p1 = std::min(p0 + units_per_tile * kPanelsPerUnit, g.B.n_panels);
-    int64_t m0, m1;
-    row_range(um, &m0, &m1);
-    if (m0 < m1) tiles.push_back({m0, m1, p0, p1});
-  }
-  split_tail(&tiles, nt, rows_first ? unit : kRowsPerUnit);
-  std::atomic<size_t> next{0};
+  std::atomic<int64_t> next{0};
   detail::parallel_for(static_cast<int>(nt), [&](int) {
-    for (size_t t = next.fetch_add(1, std::memory_order_relaxed); t < tiles.size();
-         t = next.fetch_add(1, std::memory_order_relaxed))
-      block(g, tiles[t].m0, tiles[t].m1, tiles[t].p0, tiles[t].p1);
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tiles_n * tiles_m;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t un = t / tiles_m, um = t % tiles_m;  // row tiles of one column tile
+      const int64_t p0 = un * units_per_tile * kPanelsPerUnit;           // adjacent: B stays
+      const int64_t p1 = std::min(p0 + units_per_tile * kPanelsPerUnit, g.B.n_panels);
+      int64_t m0, m1;
+      row_range(um, &m0, &m1);
+      if (m0 < m1) block(g, m0, m1, p0, p1);
+    }
   });
 }
 

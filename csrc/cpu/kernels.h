@@ -36,6 +36,9 @@ struct KernelTable {
   // The micro-kernel's row count for a tile of `panels` panels over all columns, so that
   // the driver's row tiles are whole multiples of it; null: 8.
   int (*tile_rows)(int64_t panels) = nullptr;
+  // Its panel count for such a tile: column splits in whole multiples of it keep every
+  // part on full-width tiles, without a narrow tail; null: 3.
+  int (*tile_panels)(int64_t panels) = nullptr;
 };
 
 void gemm_block_scalar(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
@@ -53,6 +56,7 @@ void gemm_gather_block_avx512vnni(const GemmArgs&, const GatheredA&, int64_t, in
                                   int64_t);
 MinMax minmax_avx512(const float*, int64_t);
 int tile_rows_avx512vnni(int64_t panels);
+int tile_panels_avx512vnni(int64_t panels);
 void quantize_u8_avx512(const float*, int64_t, float, int32_t, uint8_t*);
 #endif
 
