@@ -92,9 +92,10 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
     block(g, 0, g.M, 0, g.B.n_panels);
     return;
   }
-  // About kTilesPerThread tiles each (kColumnTilesPerThread of columns). A weight that fits in L2 is cheap to re-read: then,
-  // with rows enough, tiles are row ranges over all columns, so each thread keeps its own
-  // A rows hot (2 threads, 1024x384x1536: 60% -> 89% of peak; 512x1024^2: 86% -> 97%).
+  // About kTilesPerThread tiles each (kColumnTilesPerThread of columns). A weight that
+  // fits in L2 is cheap to re-read: then, with rows enough, tiles are row ranges over all
+  // columns, so each thread keeps its own A rows hot (2 threads, 1024x384x1536: 60% ->
+  // 89% of peak; 512x1024^2: 86% -> 97%).
   // Otherwise columns first (a thread then streams only its own part of the weight), rows
   // only when there are too few column units; but once A is taller than the kernel's own
   // row blocks (~1 MB), tiles are also cut at those, or every column tile would stream all
