@@ -109,11 +109,11 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
   const int64_t n_tiles =
       rows_first ? 1 : std::min(n_units, std::max<int64_t>(1, want_cols / row_blocks));
   // Column tiles are also cut into row tiles, for balance, when their part of the weight
-  // stays in L2 for the next row tile (1 MB, as weight_fits_l2); otherwise each row tile
-  // would stream it from memory again.
+  // stays in L2 for the next row tile (as weight_fits_l2); otherwise each row tile would
+  // stream it from memory again.
   const int64_t col_tile_bytes =
       (n_units + n_tiles - 1) / n_tiles * kPanelsPerUnit * g.B.panel_bytes();
-  const int64_t want_rows = col_tile_bytes <= (int64_t(1) << 20) ? want : want_cols;
+  const int64_t want_rows = col_tile_bytes <= detail::kL2WeightBytes ? want : want_cols;
   const int64_t m_tiles =
       row_blocks > 1 ? std::min(m_units, row_blocks)
                      : std::min(m_units, std::max<int64_t>(1, want_rows / n_tiles));

@@ -66,8 +66,9 @@ const KernelTable& kernels_for(Isa isa);
 // 1 MB stays in L2 (2 MB per core on the CPUs this targets) beside the rows of A.
 constexpr int64_t kSmallRowBlockBytes = int64_t(64) << 10;
 constexpr int64_t kLargeRowBlockBytes = int64_t(1) << 20;
+constexpr int64_t kL2WeightBytes = int64_t(1) << 20;
 inline bool weight_fits_l2(const PackedView& b) {
-  return b.n_panels * b.panel_bytes() <= (int64_t(1) << 20);
+  return b.n_panels * b.panel_bytes() <= kL2WeightBytes;
 }
 
 }  // namespace int8kit::detail
