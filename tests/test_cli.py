@@ -126,6 +126,31 @@ def test_microbenchmark_payload_becomes_rows():
     assert r["latency_ms"]["torch_f32"]["p75"] == pytest.approx(4.4)
 
 
+def test_speedup_vs_float_uses_the_float_rotation():
+    # float32 was timed beside int8kit in a rotation of its own: divide by int8kit's time there
+    r = make_row("s", "n", 1, 2.0, 6.0, {}, int8kit_ms_beside_float=3.0)
+    assert r["speedup_vs_float"] == pytest.approx(2.0) and r["int8kit_ms"] == 2.0
+    payload = {"rows": [{"shape": "c", "mode": "op", "int8kit_key": "int8kit_op", "batch": 1,
+                         "threads": 1, "median_s": {"int8kit_op": 1e-3, "f32_cl": 4e-3},
+                         "beside_float": {"int8kit_op": 2e-3}}]}
+    (r,) = rows_from_payload("conv", payload, "int8kit_cl")
+    assert r["int8kit_ms"] == pytest.approx(1.0)
+    assert r["speedup_vs_float"] == pytest.approx(2.0)
+
+
+def test_time_groups_keeps_each_group_in_its_own_rotation():
+    from int8kit.bench import _harness as H
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in ("a", "b", "f", "g")}
+    out = H.time_groups(fns, {"int8": ["a", "b", "missing"], "float": ["f", "g", "a"]},
+                        rounds=6, warmup_s=0, min_warmup_calls=1)
+    assert set(out["int8"]) == {"a", "b"} and set(out["float"]) == {"f", "g", "a"}
+    assert set(out["int8"]["b"].after) <= {"a", "b"}  # never right after a float contender
+    assert set(out["float"]["f"].after) <= {"f", "g", "a"}
+    first_float = calls.index("f")
+    assert "b" not in calls[first_float:] and "f" not in calls[:first_float]
+
+
 def test_transformer_section_quick():
     from int8kit.bench import models
     prog = Recorder()

@@ -4,7 +4,9 @@ Those modules keep their own `run(shapes=, threads=, quick=, ..., out=) -> dict`
 "results" list of {"shape", "threads", "contenders": {name: {"median_s", "p25_s", "p75_s",
 "frac_peak", ...} or {"na": why}}} (gemm, linear), or a "rows" list of {"shape", "batch",
 "threads", "median_s": {name: s}, "peak_frac"} (conv). This file runs them one shape at a time (for the
-progress bar) and turns each result into a common row. A module may instead define
+progress bar) and turns each result into a common row. A result's "beside_float" {name: s}
+holds int8kit's medians from the rotation the float contenders ran in (the speedup vs float
+uses it). A module may instead define
 `section_run(quick, threads, progress)` returning rows itself; that is used when present.
 """
 
@@ -39,7 +41,8 @@ def _results(payload: dict) -> list[dict]:
         if "mode" in r:
             name += f" {r['mode']}"
         out.append({"name": name, "threads": r.get("threads"), "contenders": cont,
-                    "peak_frac": r.get("peak_frac"), "int8kit_key": r.get("int8kit_key")})
+                    "peak_frac": r.get("peak_frac"), "int8kit_key": r.get("int8kit_key"),
+                    "beside_float": r.get("beside_float", {})})
     return out
 
 
@@ -62,7 +65,10 @@ def rows_from_payload(section: str, payload: dict, int8kit_key: str | None = Non
         latency = {n: {"p25": c["p25_s"] * 1e3, "p50": c["median_s"] * 1e3,
                        "p75": c["p75_s"] * 1e3}
                    for n, c in cont.items() if n in ms and "p25_s" in c and "p75_s" in c}
+        # int8kit's time in the float rotation, where the float contenders were timed
+        beside = r.get("beside_float", {}).get(ik)
         rows.append(make_row(section, shape, r.get("threads"), ms[ik], ms.get(fk), peers,
+                             int8kit_ms_beside_float=None if beside is None else beside * 1e3,
                              fraction_of_peak=cont[ik].get("frac_peak", r.get("peak_frac")), latency_ms=latency,
                              extra={"int8kit_contender": ik, "float_contender": fk,
                                     "not_run": {n: c["na"] for n, c in cont.items()

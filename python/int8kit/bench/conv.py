@@ -72,6 +72,13 @@ MODES = {
                              "f32_cl")),
 }
 
+# Timed in two separate rotations (see _harness.time_groups): the int8 contenders among
+# themselves, and float32 beside int8kit, which gives the speedups vs float32.
+FLOATS = ("f32", "f32_cl")
+GROUPS = {"int8": ["int8kit_op", "int8kit_cl", "int8kit", "ao_x86_op", "ao_fbgemm_op",
+                   "ort_op", "ao_x86_e2e", "ao_fbgemm_e2e", "ort_e2e"],
+          "float": ["f32", "f32_cl", "int8kit_op", "int8kit_cl"]}
+
 
 def _ao_conv(conv: nn.Conv2d, x: torch.Tensor, engine: str):
     """torch.ao static quantized Conv2d (per-channel weights) calibrated on x."""
@@ -196,17 +203,23 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
                 for name in names:
                     for b in batches:
                         fns, nops = _contenders(name, b, t)
-                        res = H.time_interleaved(fns, target_s=target_s)
+                        groups = H.time_groups(fns, GROUPS, target_s=target_s)
+                        beside = groups["float"]
+                        res = {**beside, **groups["int8"]}
                         for mode, (ours, peers) in MODES.items():
                             keep = [ours] + [k for k in peers if k in res]
                             med = {k: res[k].median_s for k in keep}
+                            speedup = {k: (beside[k].median_s / beside[ours].median_s
+                                           if k in FLOATS else v / med[ours])
+                                       for k, v in med.items()}
                             rows.append({
                                 "shape": name, "mode": mode, "int8kit_key": ours,
                                 "batch": b, "threads": t,
                                 "median_s": med, "spread": {k: res[k].spread for k in keep},
+                                "beside_float": {ours: beside[ours].median_s},
                                 "gops": nops / med[ours] / 1e9,
                                 "peak_frac": nops / med[ours] / peaks[t] if peaks[t] else None,
-                                "speedup": {k: v / med[ours] for k, v in med.items()}})
+                                "speedup": speedup})
     finally:
         torch.set_num_threads(prev)
     return {"machine": H.machine_info(), "vnni_peak_ops_per_s": peaks, "rows": rows,
@@ -224,7 +237,10 @@ def table(result: dict) -> str:
                     "n/a" if r["peak_frac"] is None else f"{100 * r['peak_frac']:.0f}%", ratios])
     note = ("peer / int8kit = the peer's median / int8kit's (> 1: int8kit faster). op rows: "
             "int8kit_op and the peers' quantized ops alone (uint8 in and out); float rows: "
-            "QuantConv2d (int8kit_cl) and the peers' _e2e, float in and out.")
+            "QuantConv2d (int8kit_cl) and the peers' _e2e, float in and out. The int8 "
+            "contenders are timed in one rotation, float32 beside int8kit in another (int8 "
+            "kernels run 9-16 % slower for a while after float32 FMA work); f32 ratios "
+            "come from the second.")
     return H.format_table(heads, out, align="llrrrrrl") + "\n" + note
 
 
