@@ -283,3 +283,63 @@ def test_static_conv_op_equals_the_conv_kernels(groups, stride, batch):
         sq.forward_quantized(torch.zeros(1, 8, 1, 0, dtype=torch.uint8))
     with pytest.raises(ValueError, match="in_channels"):
         sq.forward_quantized(torch.zeros(1, 7, 9, 9, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(c=8, oc=16, k=3, stride=1, padding=1, groups=1),   # implicit GEMM on padded input
+    dict(c=8, oc=16, k=1, stride=2, padding=0, groups=1),   # strided 1x1: compact input
+    dict(c=6, oc=9, k=3, stride=2, padding=0, groups=3),    # grouped, no padding
+    dict(c=32, oc=32, k=3, stride=1, padding=1, groups=32),  # depthwise, banded quantize
+    dict(c=24, oc=24, k=3, stride=2, padding=1, groups=24),  # depthwise stride 2
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_static_conv_float_forward_equals_its_two_halves(path, cfg, threads):
+    # Eager forward is one native call (quantize with the calibrated parameters fused with
+    # the layout change, conv, output layout); it must equal quantize_input followed by
+    # forward_quantized bit for bit, keep the input's memory format, and fail like them.
+    torch.manual_seed(6)
+    conv = nn.Conv2d(cfg["c"], cfg["oc"], cfg["k"], cfg["stride"], cfg["padding"],
+                     groups=cfg["groups"])
+    sq = StaticQuantConv2d.from_float(conv, torch.tensor([0.03]), torch.tensor([120]), relu=True)
+    sq.threads = threads
+    x = torch.randn(3, cfg["c"], 11, 10) * 2  # beyond the calibrated range: clipping
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+        want = sq.forward_quantized(sq.quantize_input(xx))
+        got = sq(xx)
+        cl = xx.is_contiguous(memory_format=torch.channels_last)
+        assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        assert torch.equal(got, want)
+        got16 = sq(xx.to(torch.bfloat16))
+        assert got16.dtype == torch.bfloat16
+        assert torch.equal(got16, sq.forward_quantized(sq.quantize_input(xx.to(torch.bfloat16)))
+                           .to(torch.bfloat16))
+    assert sq(x[:0]).shape == (0, cfg["oc"], *want.shape[2:])
+    bad = x.clone()
+    bad[1, 0, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sq(bad)
+    with pytest.raises(ValueError, match="in_channels"):
+        sq(torch.randn(1, cfg["c"] + 1, 11, 10))
+
+
+def test_depthwise_bands_split_a_tall_image(path):
+    # 112 rows of 64 channels x 112 pixels: the quantize-then-convolve bands (about 256 KB
+    # of uint8 input each) split every image, on one thread and two, bit for bit.
+    torch.manual_seed(7)
+    conv = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+    sq = StaticQuantConv2d.from_float(conv, torch.tensor([0.02]), torch.tensor([128]))
+    x = torch.randn(2, 64, 112, 112).contiguous(memory_format=torch.channels_last)
+    want = sq.forward_quantized(sq.quantize_input(x))
+    for t in (1, 2):
+        sq.threads = t
+        assert torch.equal(sq(x), want)
+
+
+def test_fixed_input_parameters_are_checked_in_the_kernel():
+    from int8kit.nn._conv_op import conv2d_dynamic_np, nchw_numpy
+    sq = StaticQuantConv2d.from_float(nn.Conv2d(2, 3, 1), torch.tensor([0.1]), torch.tensor([5]))
+    xa, nhwc = nchw_numpy(torch.randn(1, 2, 4, 4))
+    w, ws, b = sq._kernel_views()[:3]
+    for bad in ((float("inf"), 5), (0.1, 256), (0.1, -1)):
+        with pytest.raises(ValueError, match="fixed input parameters"):
+            conv2d_dynamic_np(xa, nhwc, w, ws, b, sq._params, False, 1, nhwc, x_qparams=bad)

@@ -3,6 +3,7 @@
 // separate numpy/torch passes around conv2d (at dw128@56 they cost more than the kernel).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -78,7 +79,7 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   const int64_t c = p.in_channels, hw = d.h * d.w, total = d.n * c * hw;
   const int nt = threads_for(total, nthreads);
 
-  // The range: layout does not matter, one flat scan.
+  // The range (and, for fixed parameters too, the NaN/Inf check): one flat scan.
   std::vector<MinMax> part(static_cast<size_t>(nt));
   detail::parallel_for(nt, [&](int tid) {
     const auto [b, e] = split(total, nt, tid, 64);
@@ -88,7 +89,14 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   for (const MinMax& m : part)
     all = {std::min(all.lo, m.lo), std::max(all.hi, m.hi), all.finite && m.finite};
   if (!all.finite) return false;
-  choose_qparams_u8(all.lo, all.hi, x_scale, x_zp);
+  if (d.fixed_scale > 0.f) {
+    if (!std::isfinite(d.fixed_scale) || d.fixed_zp < 0 || d.fixed_zp > 255)
+      throw std::invalid_argument("fixed input parameters need a finite scale > 0 and a "
+                                  "zero point in [0, 255]");
+    *x_scale = d.fixed_scale, *x_zp = d.fixed_zp;
+  } else {
+    choose_qparams_u8(all.lo, all.hi, x_scale, x_zp);
+  }
   const float inv = 1.f / *x_scale;
   const int32_t zp = *x_zp;
 

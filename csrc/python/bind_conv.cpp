@@ -180,8 +180,10 @@ void bind_conv(py::module_& m) {
   m.def("conv2d_dynamic_f32", [](const py::handle& x_obj, bool x_nhwc, const py::handle& packed,
                                  const py::handle& w_scale_obj, const py::handle& bias_obj,
                                  bool relu, const py::handle& out_obj, bool out_nhwc,
-                                 int nthreads, const std::string& isa) {
+                                 int nthreads, const std::string& isa, float x_scale,
+                                 int32_t x_zero_point) {
     ConvDynamicArgs d;
+    d.fixed_scale = x_scale, d.fixed_zp = x_zero_point;
     d.wt = view_of(packed);
     const ConvParams& p = d.wt.p;
     auto x = checked<float>(x_obj, "x", 4);
@@ -219,7 +221,11 @@ void bind_conv(py::module_& m) {
       ok = conv2d_dynamic_f32(d, nthreads, path, &scale, &zp);
     }
     return py::make_tuple(ok, scale, zp);
-  });
+  }, py::arg("x"), py::arg("x_nhwc"), py::arg("packed"), py::arg("w_scale"), py::arg("bias"),
+        py::arg("relu"), py::arg("out"), py::arg("out_nhwc"), py::arg("threads"),
+        py::arg("isa") = "", py::arg("x_scale") = 0.f, py::arg("x_zero_point") = 0,
+        "float x -> float out in one call: range scan, quantize with the layout change, conv; "
+        "x_scale > 0 quantizes with (x_scale, x_zero_point) instead of the measured range");
   m.def("conv2d_reference", [](const py::handle& x, int32_t x_zp, const py::handle& w_obj,
                                const std::array<int64_t, 11>& v, const py::handle& out,
                                float x_scale, const py::handle& w_scale, const py::handle& bias,

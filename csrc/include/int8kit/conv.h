@@ -107,6 +107,10 @@ struct ConvDynamicArgs {
   bool relu = false;
   float* y = nullptr;              // [n, OC, oh, ow] contiguous, or [n, oh, ow, OC] if y_nhwc
   bool y_nhwc = false;
+  // Static quantization: fixed_scale > 0 quantizes x with (fixed_scale, fixed_zp), the
+  // calibrated input parameters, instead of parameters from x's measured range.
+  float fixed_scale = 0.f;
+  int32_t fixed_zp = 0;
 };
 // Returns false (y unspecified) if x holds NaN or Inf; the activation parameters used go
 // to *x_scale, *x_zp.

@@ -35,8 +35,11 @@ def nchw_numpy(x: torch.Tensor) -> tuple[np.ndarray, bool]:
 
 def conv2d_dynamic_np(xa: np.ndarray, x_nhwc: bool, packed: np.ndarray, w_scale: np.ndarray,
                       bias: np.ndarray | None, params: list[int], relu: bool, threads: int,
-                      channels_last: bool, isa: str = "") -> torch.Tensor:
-    """The work of conv2d_dynamic on numpy views (xa from nchw_numpy); threads > 0."""
+                      channels_last: bool, isa: str = "",
+                      x_qparams: tuple[float, int] = (0.0, 0)) -> torch.Tensor:
+    """The work of conv2d_dynamic on numpy views (xa from nchw_numpy); threads > 0.
+    x_qparams (scale > 0, zero point): fixed input parameters (static quantization) instead
+    of the measured range; NaN or Inf in x raise either way."""
     if x_nhwc:
         n, h, w, _ = xa.shape
     else:
@@ -46,7 +49,7 @@ def conv2d_dynamic_np(xa: np.ndarray, x_nhwc: bool, packed: np.ndarray, w_scale:
     y = _C.empty((n, oh, ow, oc) if channels_last else (n, oc, oh, ow), np.float32)
     if n > 0:
         ok, _, _ = _C.conv2d_dynamic_f32(xa, x_nhwc, packed, w_scale, bias, bool(relu), y,
-                                         channels_last, threads, isa)
+                                         channels_last, threads, isa, *x_qparams)
         if not ok:
             raise ValueError("x contains NaN or Inf; cannot quantize activations")
     return torch.from_numpy(y.transpose(0, 3, 1, 2) if channels_last else y)

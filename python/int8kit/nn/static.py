@@ -24,8 +24,8 @@ import torch
 
 from .. import _C
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, check_float_input
-from ._conv_op import nchw_numpy
+from ._base import NotConvertibleError, check_float_input, use_custom_op
+from ._conv_op import conv2d_dynamic_np, nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
 
@@ -284,9 +284,21 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
         return torch.from_numpy(y).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.forward_quantized(self.quantize_input(x)).to(x.dtype)
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return y if channels_last else y.contiguous()
+        if use_custom_op(x):  # traced: the two halves, whose numpy calls stay out of graphs
+            y = self.forward_quantized(self.quantize_input(x)).to(x.dtype)
+            channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                             and not x.is_contiguous())
+            return y if channels_last else y.contiguous()
+        # Eager: one native call quantizes with the layout change, convolves and lays the
+        # output out as x (the two halves cost ~20 us of Python and copies per layer).
+        check_float_input(x)
+        self._check_shape(x.shape, "x")
+        xa, nhwc = nchw_numpy(x if x.dtype == torch.float32 else x.float())
+        w, ws, b = self._kernel_views()[:3]
+        y = conv2d_dynamic_np(xa, nhwc, w, ws, b, self._params, self.relu,
+                              self.threads or torch.get_num_threads(), nhwc,
+                              x_qparams=self.input_params())
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
