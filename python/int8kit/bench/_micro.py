@@ -6,8 +6,8 @@ Those modules keep their own `run(shapes=, threads=, quick=, ..., out=) -> dict`
 "threads", "median_s": {name: s}, "peak_frac"} (conv). This file runs them one shape at a time (for the
 progress bar) and turns each result into a common row. A result's "beside_float" {name: s}
 holds int8kit's medians from the rotation the float contenders ran in (the speedup vs float
-uses it). A module may instead define
-`section_run(quick, threads, progress)` returning rows itself; that is used when present.
+uses it). A module may instead define `section_run(quick, threads, progress)` returning rows
+itself; that is used when present.
 """
 
 from __future__ import annotations
