@@ -45,6 +45,24 @@ inline void epi_store16_t(const GemmArgs& g, int64_t off, __mmask16 mask, __m512
   }
 }
 
+// 64 bytes in order from four vectors of 16 int32 lanes, each <= 255 (negative lanes and
+// INT_MIN saturate to 0): the packs work per 128-bit lane (lane L gets elements 4L..4L+3 of
+// each vector), and one dword permute restores the order.
+inline __m512i pack64_u8(__m512i a, __m512i b, __m512i c, __m512i d) {
+  const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(a, b), _mm512_packus_epi32(c, d));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_epi32(order, p);
+}
+
+// The uint8 requantization of y as int32 lanes for pack64_u8: fma(y, 1/out_scale, zp),
+// rounded half even, with only the upper clamp done in float. min with 255 first lets a
+// NaN through; it converts to INT_MIN, and the saturating packs turn that (and every
+// negative) into 0, exactly as clamping at 0 first would.
+inline __m512i requant16_s32(__m512 y, __m512 inv_scale, __m512 zp) {
+  const __m512 t = _mm512_min_ps(_mm512_set1_ps(255.f), _mm512_fmadd_ps(y, inv_scale, zp));
+  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // The same with the output kind and ReLU read from g.
 inline void epi_store16(const GemmArgs& g, int64_t off, __mmask16 mask, __m512i acc, __m512 s,
                         __m512 bias) {

@@ -48,37 +48,71 @@ inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
   return _mm512_set1_epi32(v);
 }
 
-// Corrects MR accumulators of one 16-column strip by a_zp * colsum, applies the epilogue
-// and stores the valid columns. The column parameters (colsum, weight scales, bias) are
-// loaded once for the strip; the arithmetic per element is epilogue_ref.h's. The output
-// kind is fixed at compile time (chosen once per tile, not per row: f32/u8 outputs 0-3%
-// faster, s32 unchanged). Kept out of line: inlined into the tile kernels, GCC spills the
-// accumulators in the main loop.
-template <int MR, OutKind OUT, bool RELU>
-__attribute__((noinline)) void store_strip(const GemmArgs& g, int64_t m0, int64_t n0,
-                                           const __m512i* acc) {
-  const int64_t valid = g.B.n - n0;
-  const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << valid) - 1);
-  const __m512i colsum = _mm512_loadu_si512(g.B.colsum + n0);  // padded to 16, always safe
+// Corrects the MR x NP accumulators of a tile (acc[i * NP + j]: row m0 + i, columns
+// n0 + 16j ..) by a_zp * colsum where the zero point is per row (see init), applies the epilogue and stores the valid columns. The
+// column parameters (colsum, weight scales, bias) are loaded once per tile, and the scale
+// product once when the activation scale is per tensor; the arithmetic per element is
+// epilogue_ref.h's. uint8 rows go out 64 bytes per store (requant16_s32 + pack64_u8: 6
+// vector ops per 16 outputs where the clamp at 0 and a narrowing store per strip took 9;
+// ResNet-18's 64@56 3x3 conv spent 11% of its time here). The output kind is fixed at
+// compile time, chosen once per tile. Kept out of line: inlined into the tile kernels,
+// GCC spills the accumulators in the main loop.
+template <int MR, int NP, OutKind OUT, bool RELU>
+__attribute__((noinline)) void store_tile(const GemmArgs& g, int64_t m0, int64_t n0,
+                                          const __m512i* acc) {
   constexpr bool fp = OUT != OutKind::s32;
-  const __m512 ws = !fp ? _mm512_setzero_ps()
-                   : g.w_scale_stride == 0 ? _mm512_set1_ps(g.w_scale[0])
-                                           : _mm512_maskz_loadu_ps(mask, g.w_scale + n0);
-  const __m512 bias = fp ? epi_bias16(g, n0, mask) : _mm512_setzero_ps();
-  const bool row_zp = g.a_zp_stride != 0;
-  const __m512i zp_cs0 = _mm512_mullo_epi32(_mm512_set1_epi32(g.a_zp[0]), colsum);
-  int32_t* out32 = static_cast<int32_t*>(g.C);
+  __mmask16 mask[NP];
+  __m512i colsum[NP];
+  __m512 ws[NP], bias[NP], s[NP];
+  const __m512 as0 = _mm512_set1_ps(g.a_scale ? g.a_scale[0] : 0.f);
+#pragma GCC unroll 8
+  for (int j = 0; j < NP; ++j) {
+    const int64_t valid = g.B.n - (n0 + 16 * j);
+    mask[j] = valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? 0 : __mmask16((1u << valid) - 1);
+    colsum[j] = _mm512_loadu_si512(g.B.colsum + n0 + 16 * j);  // padded to 16, always safe
+    ws[j] = !fp ? _mm512_setzero_ps()
+            : g.w_scale_stride == 0 ? _mm512_set1_ps(g.w_scale[0])
+                                    : _mm512_maskz_loadu_ps(mask[j], g.w_scale + n0 + 16 * j);
+    bias[j] = fp ? epi_bias16(g, n0 + 16 * j, mask[j]) : _mm512_setzero_ps();
+    s[j] = fp ? _mm512_mul_ps(as0, ws[j]) : _mm512_setzero_ps();
+  }
+  const bool row_zp = g.a_zp_stride != 0, row_scale = fp && g.a_scale_stride != 0;
+  const int64_t valid_bytes = std::min<int64_t>(g.B.n - n0, 16 * NP);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const int64_t m = m0 + i;
-    const __m512i zp_cs =
-        row_zp ? _mm512_mullo_epi32(_mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]), colsum) : zp_cs0;
-    const __m512i corrected = _mm512_sub_epi32(acc[i], zp_cs);
-    if constexpr (OUT == OutKind::s32) {
-      _mm512_mask_storeu_epi32(out32 + m * g.ldc + n0, mask, corrected);
-    } else {
-      const __m512 s = _mm512_mul_ps(_mm512_set1_ps(g.a_scale[m * g.a_scale_stride]), ws);
-      epi_store16_t<OUT, RELU>(g, m * g.ldc + n0, mask, corrected, s, bias);
+    const __m512i zp_m = _mm512_set1_epi32(g.a_zp[m * g.a_zp_stride]);
+    const __m512 as_m = _mm512_set1_ps(fp ? g.a_scale[m * g.a_scale_stride] : 0.f);
+    __m512i q[NP];
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) {
+      const __m512i corrected =
+          row_zp ? _mm512_sub_epi32(acc[i * NP + j], _mm512_mullo_epi32(zp_m, colsum[j]))
+                 : acc[i * NP + j];
+      const int64_t off = m * g.ldc + n0 + 16 * j;
+      if constexpr (OUT == OutKind::u8) {
+        __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(corrected),
+                                   row_scale ? _mm512_mul_ps(as_m, ws[j]) : s[j], bias[j]);
+        if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
+        q[j] = requant16_s32(y, _mm512_set1_ps(g.out_inv_scale),
+                             _mm512_set1_ps(static_cast<float>(g.out_zp)));
+      } else {
+        epi_store16_t<OUT, RELU>(g, off, mask[j], corrected,
+                                 row_scale ? _mm512_mul_ps(as_m, ws[j]) : s[j], bias[j]);
+      }
+    }
+    if constexpr (OUT == OutKind::u8) {
+      uint8_t* y = static_cast<uint8_t*>(g.C) + m * g.ldc + n0;
+      const __m512i z = _mm512_setzero_si512();
+#pragma GCC unroll 2
+      for (int j = 0; j < NP; j += 4) {
+        const int64_t left = valid_bytes - 16 * j;
+        if (left <= 0) break;
+        const __mmask64 bytes = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+        _mm512_mask_storeu_epi8(y + 16 * j, bytes,
+                                pack64_u8(q[j], j + 1 < NP ? q[j + 1] : z,
+                                          j + 2 < NP ? q[j + 2] : z, j + 3 < NP ? q[j + 3] : z));
+      }
     }
   }
 }
@@ -128,35 +162,38 @@ inline void accumulate(__m512i (&acc)[MR][NP], const uint8_t* const (&row)[MR],
   }
 }
 
+// Accumulators start at -a_zp * colsum when the zero point is per tensor, so store_tile
+// has no correction to make (int32 wraps alike either way); at 0 when it is per row.
 template <int MR, int NP>
-inline void zero(__m512i (&acc)[MR][NP]) {
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NP; ++j) acc[i][j] = _mm512_setzero_si512();
-}
-
-template <int MR, int NP, OutKind OUT, bool RELU>
-inline void store_t(const GemmArgs& g, int64_t m, int64_t p, const __m512i (&acc)[MR][NP]) {
+inline void init(__m512i (&acc)[MR][NP], const GemmArgs& g, int64_t p) {
+  const __m512i zp = _mm512_set1_epi32(g.a_zp_stride == 0 ? g.a_zp[0] : 0);
 #pragma GCC unroll 8
   for (int j = 0; j < NP; ++j) {
-    __m512i strip[MR];
+    const __m512i start = _mm512_sub_epi32(
+        _mm512_setzero_si512(),
+        _mm512_mullo_epi32(zp, _mm512_loadu_si512(g.B.colsum + (p + j) * kPanel)));
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) strip[i] = acc[i][j];
-    store_strip<MR, OUT, RELU>(g, m, (p + j) * kPanel, strip);
+    for (int i = 0; i < MR; ++i) acc[i][j] = start;
   }
 }
 
 template <int MR, int NP>
 inline void store(const GemmArgs& g, int64_t m, int64_t p, const __m512i (&acc)[MR][NP]) {
+  // A copy, not &acc[0][0]: taking acc's address keeps it in memory in the main loop.
+  __m512i a[MR * NP];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NP; ++j) a[i * NP + j] = acc[i][j];
+  const int64_t n0 = p * kPanel;
   switch (g.out) {
-    case OutKind::s32: return store_t<MR, NP, OutKind::s32, false>(g, m, p, acc);
+    case OutKind::s32: return store_tile<MR, NP, OutKind::s32, false>(g, m, n0, a);
     case OutKind::f32:
-      return g.relu ? store_t<MR, NP, OutKind::f32, true>(g, m, p, acc)
-                    : store_t<MR, NP, OutKind::f32, false>(g, m, p, acc);
+      return g.relu ? store_tile<MR, NP, OutKind::f32, true>(g, m, n0, a)
+                    : store_tile<MR, NP, OutKind::f32, false>(g, m, n0, a);
     case OutKind::u8:
-      return g.relu ? store_t<MR, NP, OutKind::u8, true>(g, m, p, acc)
-                    : store_t<MR, NP, OutKind::u8, false>(g, m, p, acc);
+      return g.relu ? store_tile<MR, NP, OutKind::u8, true>(g, m, n0, a)
+                    : store_tile<MR, NP, OutKind::u8, false>(g, m, n0, a);
   }
 }
 
@@ -168,7 +205,7 @@ void tile_kernel(const Tile& t) {
   const int64_t stride = g.B.panel_bytes();
   const int8_t* b = g.B.panel(t.p);
   __m512i acc[MR][NP];
-  zero(acc);
+  init(acc, g, t.p);
   const uint8_t* row[MR];
   if (t.gather) {  // implicit GEMM: K is runs of seg_len bytes, each at its own offset
     const GatheredA& ga = *t.gather;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "epilogue_avx512.h"
 #include "kernels.h"
 
 namespace int8kit::detail {
@@ -49,26 +50,9 @@ MinMax minmax_avx512(const float* x, int64_t n) {
 
 namespace {
 
-// fma(x, 1/scale, zp) clamped to [0, 255] and rounded half to even, as the scalar form:
-// only the upper clamp is done in float (min with 255 first lets a NaN through); the
-// conversion then gives a negative int32, or INT_MIN for NaN and huge negatives, and the
-// saturating packs turn those into 0, exactly as clamping at 0 first would.
-inline __m512i quantize16_s32(__m512 v, __m512 inv, __m512 zp) {
-  const __m512 t = _mm512_min_ps(_mm512_set1_ps(255.f), _mm512_fmadd_ps(v, inv, zp));
-  return _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
 inline __m128i quantize16(__m512 v, __m512 inv, __m512 zp) {
-  const __m512i q = quantize16_s32(v, inv, zp);
+  const __m512i q = requant16_s32(v, inv, zp);
   return _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()));
-}
-
-// 64 quantized bytes in order from four vectors of 16 int32: the packs work per 128-bit
-// lane (lane L gets elements 4L..4L+3 of each vector), and one dword permute restores order.
-inline __m512i pack64(__m512i a, __m512i b, __m512i c, __m512i d) {
-  const __m512i p = _mm512_packus_epi16(_mm512_packus_epi32(a, b), _mm512_packus_epi32(c, d));
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_epi32(order, p);
 }
 
 }  // namespace
@@ -78,10 +62,10 @@ void quantize_u8_avx512(const float* x, int64_t n, float inv_scale, int32_t zp, 
   const __m512 z = _mm512_set1_ps(static_cast<float>(zp));
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
-    _mm512_storeu_si512(q + i, pack64(quantize16_s32(_mm512_loadu_ps(x + i), inv, z),
-                                      quantize16_s32(_mm512_loadu_ps(x + i + 16), inv, z),
-                                      quantize16_s32(_mm512_loadu_ps(x + i + 32), inv, z),
-                                      quantize16_s32(_mm512_loadu_ps(x + i + 48), inv, z)));
+    _mm512_storeu_si512(q + i, pack64_u8(requant16_s32(_mm512_loadu_ps(x + i), inv, z),
+                                         requant16_s32(_mm512_loadu_ps(x + i + 16), inv, z),
+                                         requant16_s32(_mm512_loadu_ps(x + i + 32), inv, z),
+                                         requant16_s32(_mm512_loadu_ps(x + i + 48), inv, z)));
   for (; i + 16 <= n; i += 16)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), quantize16(_mm512_loadu_ps(x + i), inv, z));
   if (i < n) {
