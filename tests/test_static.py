@@ -3,6 +3,7 @@ uint8 hand-off == float hand-off, the report, and that the user's model is never
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -309,6 +310,11 @@ def test_static_conv_float_forward_equals_its_two_halves(path, cfg, threads):
         cl = xx.is_contiguous(memory_format=torch.channels_last)
         assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         assert torch.equal(got, want)
+        # forward_float with out=: the float input to the uint8 output, one call
+        want_u = sq.forward_quantized(sq.quantize_input(xx), out=(0.05, 9))
+        got_u = sq.forward_float(xx, (0.05, 9))
+        assert got_u.dtype == torch.uint8 and got_u.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got_u, want_u)
         got16 = sq(xx.to(torch.bfloat16))
         assert got16.dtype == torch.bfloat16
         assert torch.equal(got16, sq.forward_quantized(sq.quantize_input(xx.to(torch.bfloat16)))
@@ -320,6 +326,11 @@ def test_static_conv_float_forward_equals_its_two_halves(path, cfg, threads):
         sq(bad)
     with pytest.raises(ValueError, match="in_channels"):
         sq(torch.randn(1, cfg["c"] + 1, 11, 10))
+    with pytest.raises(ValueError, match="out must be"):
+        sq.forward_float(x, (0.0, 9))
+    with pytest.raises(ValueError, match="out must be"):
+        sq.forward_float(x, (0.05, 256))
+    assert sq.forward_float(x[:0], (0.05, 9)).shape == (0, cfg["oc"], *want.shape[2:])
 
 
 def test_depthwise_bands_split_a_tall_image(path):
@@ -343,3 +354,32 @@ def test_fixed_input_parameters_are_checked_in_the_kernel():
     for bad in ((float("inf"), 5), (0.1, 256), (0.1, -1)):
         with pytest.raises(ValueError, match="fixed input parameters"):
             conv2d_dynamic_np(xa, nhwc, w, ws, b, sq._params, False, 1, nhwc, x_qparams=bad)
+    from int8kit import _C
+    y = np.empty((1, 3, 4, 4), np.uint8)  # a uint8 output must be NHWC
+    with pytest.raises(ValueError, match="NHWC"):
+        _C.conv2d_dynamic_f32(xa, nhwc, w, ws, b, False, y, False, 1, "", 0.1, 5, 10.0, 3)
+
+
+def test_handoff_plan_follows_dropout_mode_and_skips_identity():
+    # Dropout links two static layers only in eval mode; the cached plan must follow a
+    # switch to train() (no uint8 hand-off through an active dropout) and back.
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Dropout(0.5), nn.Identity(),
+                          nn.Conv2d(4, 3, 1)).eval()
+    calib = torch.randn(8, 2, 6, 6)
+    prepared = prepare(model, MINMAX, fuse=False)
+    calibrate(prepared, calib, progress=False)
+    chained, plain = convert(prepared), convert(prepared, handoff=False)
+    assert type(chained) is QuantSequential
+    x = torch.randn(3, 2, 6, 6)
+    with torch.no_grad():
+        want = plain(x)
+        assert torch.equal(chained(x), want)
+        chained.train()
+        torch.manual_seed(0)
+        y_train = chained(x)
+        plain.train()
+        torch.manual_seed(0)
+        assert torch.equal(y_train, plain(x))  # the float path, dropout active
+        chained.eval()
+        assert torch.equal(chained(x), want)

@@ -1,4 +1,4 @@
-// conv2d_dynamic_f32: float activations in, float out, one C++ call. The range scan, the
+// conv2d_dynamic_f32: float activations in, float (or requantized uint8) out, one C++ call. The range scan, the
 // quantize fused with the NCHW -> NHWC change, and the NHWC -> NCHW output copy used to be
 // separate numpy/torch passes around conv2d (at dw128@56 they cost more than the kernel).
 #include <algorithm>
@@ -74,6 +74,7 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
     throw std::runtime_error(std::string("kernel path '") + isa_name(isa) +
                              "' cannot run on this CPU");
   if (d.x == nullptr || d.y == nullptr) throw std::invalid_argument("x or y is null");
+  if (d.out_u8 && !d.y_nhwc) throw std::invalid_argument("a uint8 output must be NHWC");
   const detail::KernelTable& kt = detail::kernels_for(isa);
   const bool v512 = isa == Isa::avx512_vnni;
   const int64_t c = p.in_channels, hw = d.h * d.w, total = d.n * c * hw;
@@ -108,7 +109,8 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   if (!d.y_nhwc) ybuf.resize(static_cast<size_t>(ytotal));
   ConvArgs a;
   a.n = d.n, a.h = d.h, a.w = d.w, a.x_zp = zp, a.wt = d.wt;
-  a.out = OutKind::f32, a.y = d.y_nhwc ? d.y : ybuf.data(), a.x_scale = *x_scale;
+  a.out = d.out_u8 ? OutKind::u8 : OutKind::f32, a.y = d.y_nhwc ? d.y : ybuf.data();
+  a.x_scale = *x_scale, a.out_inv_scale = d.out_inv_scale, a.out_zp = d.out_zp;
   a.w_scale = d.w_scale, a.w_scale_stride = d.w_scale_stride, a.bias = d.bias, a.relu = d.relu;
   // Quantizes pixels [p0, p1) of image img to NHWC: pixel p goes to qi + p * c.
   const auto quantize_pixels = [&](int64_t img, int64_t p0, int64_t p1, uint8_t* qi) {
@@ -212,7 +214,7 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
     const float* y = ybuf.data();
     over_pixels(d.n, ohw, threads_for(ytotal, nthreads), [&](int64_t img, int64_t p0, int64_t p1) {
       const float* yi = y + img * oc * ohw;
-      float* out = d.y + img * oc * ohw;
+      float* out = static_cast<float*>(d.y) + img * oc * ohw;
 #if INT8KIT_HAVE_X86_KERNELS
       if (v512) return detail::nhwc_to_nchw_f32_avx512(yi, oc, ohw, p0, p1, out);
 #endif

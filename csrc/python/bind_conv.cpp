@@ -181,7 +181,7 @@ void bind_conv(py::module_& m) {
                                  const py::handle& w_scale_obj, const py::handle& bias_obj,
                                  bool relu, const py::handle& out_obj, bool out_nhwc,
                                  int nthreads, const std::string& isa, float x_scale,
-                                 int32_t x_zero_point) {
+                                 int32_t x_zero_point, float out_inv_scale, int32_t out_zp) {
     ConvDynamicArgs d;
     d.fixed_scale = x_scale, d.fixed_zp = x_zero_point;
     d.wt = view_of(packed);
@@ -195,12 +195,17 @@ void bind_conv(py::module_& m) {
     d.x = x.data(), d.x_nhwc = x_nhwc;
     int64_t oh, ow;
     conv_output_size(p, d.h, d.w, &oh, &ow);
-    auto out = checked<float>(out_obj, "out", 4);
+    // A uint8 out array asks for the requantized output (NHWC only).
+    d.out_u8 = py::isinstance<py::array_t<uint8_t>>(out_obj);
+    if (d.out_u8 && !out_nhwc) throw py::value_error("a uint8 out must be NHWC (out_nhwc)");
+    auto out = d.out_u8 ? py::array(checked<uint8_t>(out_obj, "out", 4))
+                        : py::array(checked<float>(out_obj, "out", 4));
     const std::array<int64_t, 4> want = out_nhwc ? std::array<int64_t, 4>{d.n, oh, ow, p.out_channels}
                                                  : std::array<int64_t, 4>{d.n, p.out_channels, oh, ow};
     for (int i = 0; i < 4; ++i)
       if (out.shape(i) != want[i]) throw py::value_error("out has the wrong shape");
     d.y = out.mutable_data(), d.y_nhwc = out_nhwc;
+    d.out_inv_scale = out_inv_scale, d.out_zp = out_zp;
     auto ws = checked<float>(w_scale_obj, "w_scale", 1);
     if (ws.shape(0) != 1 && ws.shape(0) != p.out_channels)
       throw py::value_error("w_scale must have length 1 or " + std::to_string(p.out_channels));
@@ -224,8 +229,10 @@ void bind_conv(py::module_& m) {
   }, py::arg("x"), py::arg("x_nhwc"), py::arg("packed"), py::arg("w_scale"), py::arg("bias"),
         py::arg("relu"), py::arg("out"), py::arg("out_nhwc"), py::arg("threads"),
         py::arg("isa") = "", py::arg("x_scale") = 0.f, py::arg("x_zero_point") = 0,
+        py::arg("out_inv_scale") = 1.f, py::arg("out_zero_point") = 0,
         "float x -> float out in one call: range scan, quantize with the layout change, conv; "
-        "x_scale > 0 quantizes with (x_scale, x_zero_point) instead of the measured range");
+        "x_scale > 0 quantizes with (x_scale, x_zero_point) instead of the measured range; a "
+        "uint8 NHWC out is requantized with (out_inv_scale, out_zero_point)");
   m.def("conv2d_reference", [](const py::handle& x, int32_t x_zp, const py::handle& w_obj,
                                const std::array<int64_t, 11>& v, const py::handle& out,
                                float x_scale, const py::handle& w_scale, const py::handle& bias,

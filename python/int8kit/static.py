@@ -294,35 +294,55 @@ def _links(mods: list[nn.Module]) -> dict[int, int]:
     return links
 
 
+def _plan(mods: list[nn.Module]) -> list[tuple]:
+    """QuantSequential's steps for these children, worked out once: ("float", m),
+    ("u8", fn) for an exact uint8 op inside a chain (no step for ops that return their
+    input: Identity, Dropout in eval), or ("static", m, next static layer or None,
+    whether m's input arrives as uint8)."""
+    links, steps, in_chain = _links(mods), [], False
+    for i, m in enumerate(mods):
+        if isinstance(m, STATIC_MODULES):
+            nxt = mods[links[i]] if i in links else None
+            steps.append(("static", m, nxt, in_chain))
+            in_chain = nxt is not None
+        elif not in_chain:
+            steps.append(("float", m))
+        elif type(m) is not nn.Identity and type(m) not in (nn.Dropout, nn.Dropout2d):
+            steps.append(("u8", _u8_op(m)))
+    return steps
+
+
 class QuantSequential(nn.Sequential):
     """nn.Sequential (same children, same state_dict keys) that passes uint8 activations
     between linked int8kit layers instead of float tensors. Float in, float out."""
 
     def forward(self, x):
-        mods = list(self._modules.values())
-        key = tuple(map(id, mods))  # the links change only if the children do
-        cached = self.__dict__.get("_links_cache")
+        mods = self._modules.values()
+        # The plan changes only if the children or their modes do (Dropout links only in
+        # eval); a few microseconds of Python per layer matter on small inputs.
+        key = (tuple(map(id, mods)), tuple(m.training for m in mods))
+        cached = self.__dict__.get("_plan_cache")
         if cached is None or cached[0] != key:
-            cached = (key, _links(mods))
-            self.__dict__["_links_cache"] = cached
-        links = cached[1]
+            cached = (key, _plan(list(mods)))
+            self.__dict__["_plan_cache"] = cached
         q = zp = None  # the uint8 activation and its zero point, while inside a chain
-        for i, m in enumerate(mods):
-            if isinstance(m, STATIC_MODULES):
-                nxt = mods[links[i]] if i in links else None
+        for step in cached[1]:
+            kind = step[0]
+            if kind == "u8":
+                q = step[1](q, zp)
+            elif kind == "float":
+                x = step[1](x)
+            else:
+                _, m, nxt, u8_in = step
                 out = None if nxt is None else nxt.input_params()
-                if q is None and isinstance(m, StaticQuantLinear):
-                    y = m.forward_float(x, out)  # quantize + GEMM in one native call
-                else:
-                    y = m.forward_quantized(q if q is not None else m.quantize_input(x), out=out)
+                if u8_in:
+                    y = m.forward_quantized(q, out=out)
+                else:  # quantize + layer in one native call
+                    y = m.forward_float(x, out)
                 if nxt is None:
                     x, q = y.to(x.dtype), None
                 else:
                     q, zp = y, out[1]
-            elif q is not None:
-                q = _u8_op(m)(q, zp)
-            else:
-                x = m(x)
         return x
 
 

@@ -105,15 +105,21 @@ struct ConvDynamicArgs {
   int64_t w_scale_stride = 1;
   const float* bias = nullptr;
   bool relu = false;
-  float* y = nullptr;              // [n, OC, oh, ow] contiguous, or [n, oh, ow, OC] if y_nhwc
+  void* y = nullptr;               // [n, OC, oh, ow] contiguous, or [n, oh, ow, OC] if y_nhwc
   bool y_nhwc = false;
+  // out_u8: y is uint8 [n, oh, ow, OC] (y_nhwc must be set), requantized as conv2d does
+  // with (out_inv_scale, out_zp); else float32.
+  bool out_u8 = false;
+  float out_inv_scale = 1.f;
+  int32_t out_zp = 0;
   // Static quantization: fixed_scale > 0 quantizes x with (fixed_scale, fixed_zp), the
   // calibrated input parameters, instead of parameters from x's measured range.
   float fixed_scale = 0.f;
   int32_t fixed_zp = 0;
 };
 // Returns false (y unspecified) if x holds NaN or Inf; the activation parameters used go
-// to *x_scale, *x_zp.
+// to *x_scale, *x_zp. With out_u8 and fixed parameters: a static layer's float input to
+// its uint8 output in one call.
 bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* x_scale,
                         int32_t* x_zp);
 

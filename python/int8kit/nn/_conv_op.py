@@ -36,20 +36,24 @@ def nchw_numpy(x: torch.Tensor) -> tuple[np.ndarray, bool]:
 def conv2d_dynamic_np(xa: np.ndarray, x_nhwc: bool, packed: np.ndarray, w_scale: np.ndarray,
                       bias: np.ndarray | None, params: list[int], relu: bool, threads: int,
                       channels_last: bool, isa: str = "",
-                      x_qparams: tuple[float, int] = (0.0, 0)) -> torch.Tensor:
+                      x_qparams: tuple[float, int] = (0.0, 0),
+                      requant: tuple[float, int] | None = None) -> torch.Tensor:
     """The work of conv2d_dynamic on numpy views (xa from nchw_numpy); threads > 0.
     x_qparams (scale > 0, zero point): fixed input parameters (static quantization) instead
-    of the measured range; NaN or Inf in x raise either way."""
+    of the measured range; NaN or Inf in x raise either way. requant (1/scale, zero point):
+    a uint8 output, channels_last (which must be set)."""
     if x_nhwc:
         n, h, w, _ = xa.shape
     else:
         n, _, h, w = xa.shape
     oc = params[1]
     oh, ow = _out_hw(h, w, params)
-    y = _C.empty((n, oh, ow, oc) if channels_last else (n, oc, oh, ow), np.float32)
+    y = _C.empty((n, oh, ow, oc) if channels_last else (n, oc, oh, ow),
+                 np.float32 if requant is None else np.uint8)
     if n > 0:
         ok, _, _ = _C.conv2d_dynamic_f32(xa, x_nhwc, packed, w_scale, bias, bool(relu), y,
-                                         channels_last, threads, isa, *x_qparams)
+                                         channels_last, threads, isa, *x_qparams,
+                                         *(requant or (1.0, 0)))
         if not ok:
             raise ValueError("x contains NaN or Inf; cannot quantize activations")
     return torch.from_numpy(y.transpose(0, 3, 1, 2) if channels_last else y)
