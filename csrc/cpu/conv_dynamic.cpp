@@ -1,6 +1,7 @@
-// conv2d_dynamic_f32: float activations in, float (or requantized uint8) out, one C++ call. The range scan, the
-// quantize fused with the NCHW -> NHWC change, and the NHWC -> NCHW output copy used to be
-// separate numpy/torch passes around conv2d (at dw128@56 they cost more than the kernel).
+// conv2d_dynamic_f32: float activations in, float (or requantized uint8) out, one C++
+// call. The range scan, the quantize fused with the NCHW -> NHWC change, and the NHWC ->
+// NCHW output copy used to be separate numpy/torch passes around conv2d (at dw128@56 they
+// cost more than the kernel).
 #include <algorithm>
 #include <atomic>
 #include <cmath>

@@ -52,11 +52,11 @@ inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
 // n0 + 16j ..) by a_zp * colsum where the zero point is per row (see init), applies the
 // epilogue and stores the valid columns. The column parameters (colsum, weight scales,
 // bias) are loaded once per tile, and the scale product once when the activation scale is
-// per tensor; the arithmetic per element is epilogue_ref.h's. uint8 rows go out 64 bytes per store (requant16_s32 + pack64_u8: 6
-// vector ops per 16 outputs where the clamp at 0 and a narrowing store per strip took 9;
-// ResNet-18's 64@56 3x3 conv spent 11% of its time here). The output kind is fixed at
-// compile time, chosen once per tile. Kept out of line: inlined into the tile kernels,
-// GCC spills the accumulators in the main loop.
+// per tensor; the arithmetic per element is epilogue_ref.h's. uint8 rows go out 64 bytes
+// per store (requant16_s32 + pack64_u8: 6 vector ops per 16 outputs where the clamp at 0
+// and a narrowing store per strip took 9; ResNet-18's 64@56 3x3 conv spent 11% of its time
+// here). The output kind is fixed at compile time, chosen once per tile. Kept out of line:
+// inlined into the tile kernels, GCC spills the accumulators in the main loop.
 template <int MR, int NP, OutKind OUT, bool RELU>
 __attribute__((noinline)) void store_tile(const GemmArgs& g, int64_t m0, int64_t n0,
                                           const __m512i* acc) {

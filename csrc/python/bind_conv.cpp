@@ -200,8 +200,9 @@ void bind_conv(py::module_& m) {
     if (d.out_u8 && !out_nhwc) throw py::value_error("a uint8 out must be NHWC (out_nhwc)");
     auto out = d.out_u8 ? py::array(checked<uint8_t>(out_obj, "out", 4))
                         : py::array(checked<float>(out_obj, "out", 4));
-    const std::array<int64_t, 4> want = out_nhwc ? std::array<int64_t, 4>{d.n, oh, ow, p.out_channels}
-                                                 : std::array<int64_t, 4>{d.n, p.out_channels, oh, ow};
+    const std::array<int64_t, 4> want =
+        out_nhwc ? std::array<int64_t, 4>{d.n, oh, ow, p.out_channels}
+                 : std::array<int64_t, 4>{d.n, p.out_channels, oh, ow};
     for (int i = 0; i < 4; ++i)
       if (out.shape(i) != want[i]) throw py::value_error("out has the wrong shape");
     d.y = out.mutable_data(), d.y_nhwc = out_nhwc;
