@@ -146,13 +146,9 @@ __attribute__((always_inline)) inline __m512i u8_packed(const GemmArgs& e, const
   for (int r = 0; r < 4; ++r) {
     __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), s[r], bias[r]);
     if constexpr (RELU) y = _mm512_max_ps(y, _mm512_setzero_ps());
-    __m512 t = _mm512_fmadd_ps(y, _mm512_set1_ps(e.out_inv_scale),
-                               _mm512_set1_ps(static_cast<float>(e.out_zp)));
-    // The clamp at 0 is left to the saturating packs below (negative -> 0). With 255.f
-    // first, min_ps passes a NaN t through; it converts to INT_MIN and packs to 0, which
-    // is what clamping NaN gives in the scalar form.
-    t = _mm512_min_ps(_mm512_set1_ps(255.f), t);
-    q[r] = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // The clamp at 0 is left to the saturating packs below (see requant16_s32).
+    q[r] = requant16_s32(y, _mm512_set1_ps(e.out_inv_scale),
+                         _mm512_set1_ps(static_cast<float>(e.out_zp)));
   }
   // q <= 255: the saturating packs map q < 0 to 0 and are exact above.
   return _mm512_packus_epi16(_mm512_packus_epi32(q[0], q[1]), _mm512_packus_epi32(q[2], q[3]));
