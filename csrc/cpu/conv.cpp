@@ -196,53 +196,52 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const int64_t units = G * tiles * nsplit;
   const size_t esz = out_elem_size(a.out);
 
-  detail::parallel_for(static_cast<int>(std::min<int64_t>(nt, units)), [&](int tid) {
+  // Units go to threads in contiguous shares, late threads' work taken by the others.
+  std::vector<int64_t> built_by(static_cast<size_t>(nt), -1);  // per tid: (g, tile) in buf
+  detail::parallel_tiles(static_cast<int>(nt), units, [&](int tid, int64_t u) {
     thread_local std::vector<uint8_t> buf;           // this worker's im2col rows
     thread_local std::vector<const uint8_t*> rowptr;  // or its implicit-GEMM row starts
-    const auto [u0, u1] = split(units, std::min<int64_t>(nt, units), tid);
-    int64_t built = -1;  // (g, tile) key of the im2col rows now in buf
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t gt = u / nsplit, s = u % nsplit, g = gt / tiles, t = gt % tiles;
-      const int64_t m0 = t * mt, m1 = std::min(M, m0 + mt);
-      GemmArgs ga = base;
-      ga.B = views[g];
-      ga.M = m1 - m0;
-      if (direct) {
-        ga.A = a.x + m0 * c + g * icg;
-        ga.lda = c;
-      } else if (strided) {  // tile t is output row t of the flattened (n, oh)
-        const int64_t n = t / oh, ih = (t % oh) * p.stride_h;
-        ga.A = a.x + (n * a.h + ih) * a.w * c + g * icg;
-        ga.lda = p.stride_w * c;
-      } else if (implicit) {
-        rowptr.resize(static_cast<size_t>(ga.M));
-        int64_t n = m0 / (oh * ow), y = m0 % (oh * ow) / ow, x = m0 % ow;
-        for (int64_t m = m0; m < m1; ++m) {  // (n, y, x) of output pixel m, stepped
-          rowptr[m - m0] = xp + ((n * hp + y * p.stride_h) * wp + x * p.stride_w) * c + g * icg;
-          if (++x == ow) x = 0, y = y + 1 == oh ? (++n, 0) : y + 1;
-        }
-      } else {
-        if (built != gt) {
-          if (buf.size() < static_cast<size_t>(mt * ldb)) buf.resize(static_cast<size_t>(mt * ldb));
-          im2col(a, oh, ow, g, m0, m1, buf.data(), ldb);
-          built = gt;
-        }
-        ga.A = buf.data();
-        ga.lda = ldb;
+    int64_t& built = built_by[tid];
+    const int64_t gt = u / nsplit, s = u % nsplit, g = gt / tiles, t = gt % tiles;
+    const int64_t m0 = t * mt, m1 = std::min(M, m0 + mt);
+    GemmArgs ga = base;
+    ga.B = views[g];
+    ga.M = m1 - m0;
+    if (direct) {
+      ga.A = a.x + m0 * c + g * icg;
+      ga.lda = c;
+    } else if (strided) {  // tile t is output row t of the flattened (n, oh)
+      const int64_t n = t / oh, ih = (t % oh) * p.stride_h;
+      ga.A = a.x + (n * a.h + ih) * a.w * c + g * icg;
+      ga.lda = p.stride_w * c;
+    } else if (implicit) {
+      rowptr.resize(static_cast<size_t>(ga.M));
+      int64_t n = m0 / (oh * ow), y = m0 % (oh * ow) / ow, x = m0 % ow;
+      for (int64_t m = m0; m < m1; ++m) {  // (n, y, x) of output pixel m, stepped
+        rowptr[m - m0] = xp + ((n * hp + y * p.stride_h) * wp + x * p.stride_w) * c + g * icg;
+        if (++x == ow) x = 0, y = y + 1 == oh ? (++n, 0) : y + 1;
       }
-      ga.C = static_cast<char*>(a.y) + (m0 * p.out_channels + g * ocg) * esz;
-      if (ga.out != OutKind::s32) ga.w_scale = a.w_scale + g * ocg * a.w_scale_stride;
-      if (ga.bias) ga.bias = a.bias + g * ocg;
-      const auto [v0, v1] = split(n_units, nsplit, s);
-      const int64_t p0 = v0 * unit_panels, p1 = std::min(v1 * unit_panels, ga.B.n_panels);
-      if (p0 >= p1) continue;
-      if (implicit)
-        gather(ga, detail::GatheredA{rowptr.data(), runs.data(), static_cast<int64_t>(runs.size()),
-                                     run_len},
-               0, ga.M, p0, p1);
-      else
-        block(ga, 0, ga.M, p0, p1);
+    } else {
+      if (built != gt) {
+        if (buf.size() < static_cast<size_t>(mt * ldb)) buf.resize(static_cast<size_t>(mt * ldb));
+        im2col(a, oh, ow, g, m0, m1, buf.data(), ldb);
+        built = gt;
+      }
+      ga.A = buf.data();
+      ga.lda = ldb;
     }
+    ga.C = static_cast<char*>(a.y) + (m0 * p.out_channels + g * ocg) * esz;
+    if (ga.out != OutKind::s32) ga.w_scale = a.w_scale + g * ocg * a.w_scale_stride;
+    if (ga.bias) ga.bias = a.bias + g * ocg;
+    const auto [v0, v1] = split(n_units, nsplit, s);
+    const int64_t p0 = v0 * unit_panels, p1 = std::min(v1 * unit_panels, ga.B.n_panels);
+    if (p0 >= p1) return;
+    if (implicit)
+      gather(ga, detail::GatheredA{rowptr.data(), runs.data(), static_cast<int64_t>(runs.size()),
+                                   run_len},
+             0, ga.M, p0, p1);
+    else
+      block(ga, 0, ga.M, p0, p1);
   });
 }
 

@@ -1,6 +1,5 @@
 // Validation, the split of the output over threads, and the call into the chosen path.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -83,10 +82,11 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
   const detail::KernelTable& kt = detail::kernels_for(isa);
   const detail::GemmBlockFn block = kt.gemm_block;
 
-  // The output is cut into tiles (column units x row blocks) that threads claim from a
-  // shared counter, so a thread that starts late (a sleeping core, another runtime's
-  // spinning threads) just takes fewer tiles instead of holding everyone up. Each tile is
-  // computed whole by one thread, so the result does not depend on who took what.
+  // The output is cut into tiles (column units x row blocks) that each thread takes from
+  // its own share first, then from the others' (parallel_tiles), so a thread that starts
+  // late (a sleeping core, another runtime's spinning threads) just takes fewer tiles
+  // instead of holding everyone up. Each tile is computed whole by one thread, so the
+  // result does not depend on who took what.
   const int64_t n_units = (g.B.n_panels + kPanelsPerUnit - 1) / kPanelsPerUnit;
   const int64_t m_units = (g.M + kRowsPerUnit - 1) / kRowsPerUnit;
   const int64_t macs = g.M * g.B.n * g.B.k;
@@ -142,17 +142,13 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
       *m1 = std::min(*m0 + rows_per_tile, g.M);
     }
   };
-  std::atomic<int64_t> next{0};
-  detail::parallel_for(static_cast<int>(nt), [&](int) {
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tiles_n * tiles_m;
-         t = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t un = t / tiles_m, um = t % tiles_m;  // row tiles of one column tile
-      const int64_t p0 = un * n_units / tiles_n * kPanelsPerUnit;        // adjacent: B stays
-      const int64_t p1 = std::min((un + 1) * n_units / tiles_n * kPanelsPerUnit, g.B.n_panels);
-      int64_t m0, m1;
-      row_range(um, &m0, &m1);
-      if (m0 < m1) block(g, m0, m1, p0, p1);
-    }
+  detail::parallel_tiles(static_cast<int>(nt), tiles_n * tiles_m, [&](int, int64_t t) {
+    const int64_t un = t / tiles_m, um = t % tiles_m;  // row tiles of one column tile
+    const int64_t p0 = un * n_units / tiles_n * kPanelsPerUnit;        // adjacent: B stays
+    const int64_t p1 = std::min((un + 1) * n_units / tiles_n * kPanelsPerUnit, g.B.n_panels);
+    int64_t m0, m1;
+    row_range(um, &m0, &m1);
+    if (m0 < m1) block(g, m0, m1, p0, p1);
   });
 }
 

@@ -4,11 +4,13 @@
 #include <link.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -184,6 +186,35 @@ void parallel_for(int nthreads, const std::function<void(int)>& fn) {
     return;
   }
   pool().run(nthreads, fn);
+}
+
+void parallel_tiles(int nthreads, int64_t count,
+                    const std::function<void(int, int64_t)>& fn) {
+  const int nt = static_cast<int>(std::clamp<int64_t>(std::min(nthreads, kMaxThreads), 1,
+                                                      std::max<int64_t>(count, 1)));
+  if (nt == 1) {
+    for (int64_t t = 0; t < count; ++t) fn(0, t);
+    return;
+  }
+  struct alignas(64) Share {  // a cache line each: claims on one never slow another
+    std::atomic<int64_t> next;
+    int64_t end;
+  };
+  Share local[8];  // on the stack for the usual few threads: small GEMMs feel a malloc
+  std::unique_ptr<Share[]> heap(nt > 8 ? new Share[nt] : nullptr);
+  Share* share = nt > 8 ? heap.get() : local;
+  for (int i = 0; i < nt; ++i) {
+    share[i].next.store(count * i / nt, std::memory_order_relaxed);
+    share[i].end = count * (i + 1) / nt;
+  }
+  parallel_for(nt, [&](int tid) {
+    for (int k = 0; k < nt; ++k) {
+      Share& s = share[(tid + k) % nt];
+      for (int64_t t = s.next.fetch_add(1, std::memory_order_relaxed); t < s.end;
+           t = s.next.fetch_add(1, std::memory_order_relaxed))
+        fn(tid, t);
+    }
+  });
 }
 
 const char* threading_backend() { return loaded_gomp() ? "openmp (shared with torch)" : "int8kit pool"; }

@@ -4,6 +4,7 @@
 // tens of microseconds after a job and then sleep, so they never hold a core for long.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 namespace int8kit::detail {
@@ -13,6 +14,14 @@ namespace int8kit::detail {
 // nested call) the tids run one after another on the caller's thread instead, which
 // gives the same result because work is split by tid alone.
 void parallel_for(int nthreads, const std::function<void(int tid)>& fn);
+
+// Runs fn(tid, tile) for every tile in [0, count) on up to nthreads threads. Thread tid
+// first takes, in order, the tiles of its own contiguous share (neighbouring tiles share
+// activation rows or weight columns, which then stay in one core's cache), then helps the
+// others through what is left of theirs, so a thread that starts late costs little. Which
+// thread runs a tile varies; fn must give the same result either way.
+void parallel_tiles(int nthreads, int64_t count,
+                    const std::function<void(int tid, int64_t tile)>& fn);
 
 // "openmp (shared with torch)" or "int8kit pool", for `int8kit info`.
 const char* threading_backend();
