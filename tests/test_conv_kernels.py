@@ -76,6 +76,13 @@ SHAPES = [
     (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # 5 inside pixels: 4 + 1
     (1, 4, 15, 130, 130, 3, 2, 1, 1, 130),  # 6: 4 + 2, two full blocks and 2 channels
     (2, 5, 17, 70, 70, 3, 2, 1, 1, 70),   # 7: 4 + 3, a block of 6 channels
+    # implicit GEMM on images big enough that inside pixels read x in place and only the
+    # edge pixels read copies (left/right strips, top/bottom bands; conv_windows.h)
+    (1, 20, 24, 16, 24, 3, 1, 1, 1, 1),   # all four edges
+    (2, 22, 19, 8, 16, 3, 2, (1, 2), 1, 1),  # stride 2, padding 1 x 2, batch 2
+    (1, 30, 21, 16, 16, 3, 1, (2, 0), (2, 1), 1),  # no horizontal padding: bands only
+    (1, 17, 20, 8, 8, (1, 5), 1, (0, 2), 1, 1),  # no vertical padding: strips only
+    (1, 24, 20, 16, 32, 3, 1, 1, 1, 2),   # grouped: one run per tap
 ]
 
 

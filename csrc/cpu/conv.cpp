@@ -5,8 +5,8 @@
 // - a 1x1 stride-1 unpadded conv reads the NHWC input in place (row stride C, group
 //   offset g*C/G);
 // - on paths with a gathered-row kernel (AVX-512), an implicit GEMM: each row is a few
-//   runs of input bytes read in place from x (a copy with its padding written out when
-//   padded). Without one, a strided 1x1 conv runs one output row at a time (row stride
+//   runs of input bytes read in place from x, or for edge pixels from small copies with
+//   the padding written out (conv_windows.h). Without one, a strided 1x1 conv runs one output row at a time (row stride
 //   sw*C);
 // - otherwise rows are gathered into a per-thread im2col tile (padding filled with the
 //   activation zero point), sized to stay in L2, for the path's block kernel.
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "conv_kernels.h"
+#include "conv_windows.h"
 #include "kernels.h"
 #include "thread_pool.h"
 
@@ -108,50 +109,21 @@ void im2col(const ConvArgs& a, int64_t oh, int64_t ow, int64_t g, int64_t m0, in
   }
 }
 
-// The K runs of an implicit GEMM over an input padded to wp columns: one per kernel row
+// The K runs of an implicit GEMM over rows of row_px pixels: one per kernel row
 // when its kw taps are adjacent NHWC bytes (one group, no horizontal dilation), else one
 // per tap. Empty when a run is not whole groups of 4 bytes (such convs use im2col).
-std::vector<int64_t> implicit_runs(const ConvParams& p, int64_t wp, int64_t* run_len) {
+std::vector<int64_t> implicit_runs(const ConvParams& p, int64_t row_px, int64_t* run_len) {
   const int64_t c = p.in_channels, icg = c / p.groups;
   std::vector<int64_t> off;
   if (p.groups == 1 && p.dil_w == 1 && (p.kw * c) % kKGroup == 0) {
-    for (int64_t kh = 0; kh < p.kh; ++kh) off.push_back(kh * p.dil_h * wp * c);
+    for (int64_t kh = 0; kh < p.kh; ++kh) off.push_back(kh * p.dil_h * row_px * c);
     *run_len = p.kw * c;
   } else if (icg % kKGroup == 0) {
     for (int64_t kh = 0; kh < p.kh; ++kh)
-      for (int64_t kw = 0; kw < p.kw; ++kw) off.push_back((kh * p.dil_h * wp + kw * p.dil_w) * c);
+      for (int64_t kw = 0; kw < p.kw; ++kw) off.push_back((kh * p.dil_h * row_px + kw * p.dil_w) * c);
     *run_len = icg;
   }
   return off;
-}
-
-// x with its padding written out as the zero point, so that every tap of every output
-// pixel is a fixed offset from the pixel's top-left input corner.
-const uint8_t* padded_input(const ConvArgs& a, int64_t hp, int64_t wp, int nthreads,
-                            std::vector<uint8_t>& buf) {
-  const ConvParams& p = a.wt.p;
-  if (hp == a.h && wp == a.w) return a.x;
-  const int64_t c = p.in_channels, rows = a.n * hp;
-  buf.resize(static_cast<size_t>(rows * wp * c));
-  const uint8_t zp = static_cast<uint8_t>(a.x_zp);
-  // Split from 32 KB per thread: otherwise the other threads wait out this copy (2 threads,
-  // 64@56 batch 1: 4% of the conv).
-  const int nt = static_cast<int>(std::clamp<int64_t>(rows * wp * c >> 15, 1, nthreads));
-  detail::parallel_for(nt, [&](int tid) {
-    const auto [r0, r1] = split(rows, nt, tid);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / hp, ih = r % hp - p.pad_h;
-      uint8_t* dst = buf.data() + r * wp * c;
-      if (ih < 0 || ih >= a.h) {
-        std::memset(dst, zp, static_cast<size_t>(wp * c));
-        continue;
-      }
-      std::memset(dst, zp, static_cast<size_t>(p.pad_w * c));
-      std::memcpy(dst + p.pad_w * c, a.x + (n * a.h + ih) * a.w * c, static_cast<size_t>(a.w * c));
-      std::memset(dst + (p.pad_w + a.w) * c, zp, static_cast<size_t>((wp - a.w - p.pad_w) * c));
-    }
-  });
-  return buf.data();
 }
 
 void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) {
@@ -163,16 +135,18 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   // Implicit GEMM where the path has one: activation rows are read in place from a padded
   // copy of x (im2col would copy every input byte KH*KW times).
   const detail::GemmGatherBlockFn gather = detail::kernels_for(isa).gemm_gather_block;
-  const int64_t hp = a.h + 2 * p.pad_h, wp = a.w + 2 * p.pad_w;
   int64_t run_len = 0;
-  const std::vector<int64_t> runs =
-      gather && !direct ? implicit_runs(p, wp, &run_len) : std::vector<int64_t>{};
-  const bool implicit = !runs.empty();
+  const bool implicit = gather && !direct && !implicit_runs(p, 1, &run_len).empty();
   // Otherwise a strided 1x1 conv reads one output row's pixels in place, as rows
   // lda = sw*C apart: one GEMM per output row, no gather.
   const bool strided = pointwise && !direct && !implicit;
-  thread_local std::vector<uint8_t> padded_buf;
-  const uint8_t* xp = implicit ? padded_input(a, hp, wp, nthreads, padded_buf) : nullptr;
+  // The calling thread's (its copies are reused by its next call); workers get a pointer,
+  // since the name would be their own thread_local.
+  thread_local detail::ConvWindows caller_windows;
+  detail::ConvWindows* const windows = &caller_windows;
+  if (implicit) windows->prepare(a, oh, ow, nthreads);
+  const std::vector<int64_t> runs =
+      implicit ? implicit_runs(p, windows->row_pixels(), &run_len) : std::vector<int64_t>{};
   std::vector<PackedView> views(static_cast<size_t>(G));
   for (int64_t g = 0; g < G; ++g) views[g] = a.wt.group(g);
   const detail::GemmBlockFn block = detail::kernels_for(isa).gemm_block;
@@ -218,7 +192,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
       rowptr.resize(static_cast<size_t>(ga.M));
       int64_t n = m0 / (oh * ow), y = m0 % (oh * ow) / ow, x = m0 % ow;
       for (int64_t m = m0; m < m1; ++m) {  // (n, y, x) of output pixel m, stepped
-        rowptr[m - m0] = xp + ((n * hp + y * p.stride_h) * wp + x * p.stride_w) * c + g * icg;
+        rowptr[m - m0] = windows->at(n, y, x) + g * icg;
         if (++x == ow) x = 0, y = y + 1 == oh ? (++n, 0) : y + 1;
       }
     } else {
