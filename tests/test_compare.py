@@ -136,6 +136,20 @@ def test_sqnr_and_cosine_of_known_perturbations():
     assert r.output["sqnr_db"] == pytest.approx(stats["2"].sqnr_db, rel=1e-6)
 
 
+def test_in_place_activation_after_a_layer_does_not_change_its_reference():
+    # MobileNet's ReLU6(inplace=True) clamps the tensor a layer returned; the float
+    # reference recorded for that layer must be its output as returned, not as clamped
+    # later (the quantized side is compared at once, before the activation runs).
+    torch.manual_seed(0)
+    fm = nn.Sequential(nn.Linear(8, 16), nn.ReLU6(inplace=True), nn.Linear(16, 4)).eval()
+    qm = copy.deepcopy(fm)
+    qm[0] = Scaled(qm[0], scale=1.01)  # 1 % gain: 40 dB at layer 0
+    r = compare(fm, qm, torch.randn(32, 8), **FAST)
+    stats = {s.name: s for s in r.layers}
+    assert stats["0"].sqnr_db == pytest.approx(40.0, rel=1e-4)
+    assert stats["1"].sqnr_db > 30
+
+
 def test_identical_models_give_infinite_sqnr_and_no_flips():
     fm = _mlp()
     r = compare(fm, copy.deepcopy(fm), torch.randn(20, 8), **FAST)

@@ -217,7 +217,10 @@ class LayerRecorder:
 
     def _float_hook(self, key):
         def hook(_m, _inp, out):
-            self._ref.setdefault(key, []).append(as_float(out))
+            # A copy: the reference waits for the quantized pass, and an in-place op later
+            # in the float model (ReLU6(inplace=True) after a conv) would rewrite it.
+            ref = as_float(out)
+            self._ref.setdefault(key, []).append(None if ref is None else ref.clone())
         return hook
 
     def _quant_hook(self, key):
