@@ -47,3 +47,23 @@ def linear_dynamic(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
 def _(x, packed, w_scale, bias, out_features, per_row=True, relu=False, threads=0):
     torch._check(x.dim() == 2, lambda: "x must be 2-D")
     return x.new_empty((x.shape[0], out_features), dtype=torch.float32)
+
+
+@torch.library.custom_op("int8kit::linear_static", mutates_args=(), device_types="cpu")
+def linear_static(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None, in_scale: torch.Tensor, in_zero_point: torch.Tensor,
+                  out_features: int, relu: bool = False, threads: int = 0) -> torch.Tensor:
+    """StaticQuantLinear's float path: x quantized with the calibrated (in_scale,
+    in_zero_point), one-element tensors (a traced graph cannot read them as numbers)."""
+    xa = (x.detach() if x.requires_grad else x).contiguous().numpy()
+    y = _C.linear_static(xa, packed.numpy(), w_scale.numpy(),
+                         None if bias is None else bias.numpy(), in_scale.numpy(),
+                         in_zero_point.numpy(), bool(relu), False, 1.0, 0,
+                         threads if threads > 0 else torch.get_num_threads())
+    return torch.from_numpy(y)
+
+
+@linear_static.register_fake
+def _(x, packed, w_scale, bias, in_scale, in_zero_point, out_features, relu=False, threads=0):
+    torch._check(x.dim() == 2, lambda: "x must be 2-D")
+    return x.new_empty((x.shape[0], out_features), dtype=torch.float32)

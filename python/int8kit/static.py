@@ -29,7 +29,7 @@ from torch import nn
 
 from .dynamic import ConversionReport, LayerReport, _module_bytes
 from .fusion import ConvReLU2d, LinearReLU, fuse_modules
-from .nn._base import NotConvertibleError
+from .nn._base import NotConvertibleError, use_custom_op
 from .nn.static import STATIC_MODULES, StaticQuantConv2d, StaticQuantLinear
 from .qconfig import QuantConfig
 
@@ -317,6 +317,8 @@ class QuantSequential(nn.Sequential):
     between linked int8kit layers instead of float tensors. Float in, float out."""
 
     def forward(self, x):
+        if use_custom_op(x):  # traced: layer by layer, each through its custom op
+            return super().forward(x)
         mods = self._modules.values()
         # The plan changes only if the children or their modes do (Dropout links only in
         # eval); a few microseconds of Python per layer matter on small inputs.

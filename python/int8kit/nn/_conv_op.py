@@ -1,4 +1,5 @@
-"""int8kit::conv2d_dynamic: float NCHW in, float NCHW out, int8 conv inside.
+"""int8kit::conv2d_dynamic: float NCHW in, float NCHW out, int8 conv inside (and
+int8kit::conv2d_static, the same with calibrated input parameters).
 
 The activation is quantized to uint8 per tensor (torch.ao MinMaxObserver parameters),
 laid out channels-last (both in one C++ pass), convolved with the packed int8 weight with
@@ -82,9 +83,35 @@ def conv2d_dynamic(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
     return conv2d_dynamic_impl(x, packed, w_scale, bias, params, relu, threads, channels_last)
 
 
-@conv2d_dynamic.register_fake
-def _(x, packed, w_scale, bias, params, relu=False, threads=0, channels_last=False):
+def _fake_out(x, params, channels_last):
+    """The output the conv ops give for x: shape and strides only."""
     torch._check(x.dim() == 4, lambda: "x must be 4-D")
     oh, ow = _out_hw(x.shape[2], x.shape[3], params)
     y = x.new_empty((x.shape[0], params[1], oh, ow), dtype=torch.float32)
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+@conv2d_dynamic.register_fake
+def _(x, packed, w_scale, bias, params, relu=False, threads=0, channels_last=False):
+    return _fake_out(x, params, channels_last)
+
+
+@torch.library.custom_op("int8kit::conv2d_static", mutates_args=(), device_types="cpu")
+def conv2d_static(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
+                  bias: torch.Tensor | None, params: list[int], in_scale: torch.Tensor,
+                  in_zero_point: torch.Tensor, relu: bool = False, threads: int = 0,
+                  channels_last: bool = False) -> torch.Tensor:
+    """conv2d_dynamic with x quantized by the calibrated (in_scale, in_zero_point),
+    one-element tensors (a traced graph cannot read them as numbers)."""
+    xa, x_nhwc = nchw_numpy(x)
+    return conv2d_dynamic_np(xa, x_nhwc, packed.numpy(), w_scale.numpy(),
+                             None if bias is None else bias.numpy(), params, relu,
+                             threads if threads > 0 else torch.get_num_threads(),
+                             channels_last,
+                             x_qparams=(float(in_scale), int(in_zero_point)))
+
+
+@conv2d_static.register_fake
+def _(x, packed, w_scale, bias, params, in_scale, in_zero_point, relu=False, threads=0,
+      channels_last=False):
+    return _fake_out(x, params, channels_last)

@@ -25,7 +25,8 @@ import torch
 from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, check_float_input, use_custom_op
-from ._conv_op import conv2d_dynamic_np, nchw_numpy
+from .._custom_ops import linear_static
+from ._conv_op import conv2d_dynamic_np, conv2d_static, nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
 
@@ -194,7 +195,15 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.forward_float(x)
+        if use_custom_op(x):  # traced: the int8kit::linear_static op
+            self._check_x(x)
+            xf = x if x.dtype == torch.float32 else x.float()
+            y = linear_static(xf.reshape(-1, self.in_features), self.packed, self.weight_scale,
+                              self.bias, self.input_scale, self.input_zero_point,
+                              self.out_features, self.relu, self.threads or 0)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        else:
+            y = self.forward_float(x)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def forward_quantized(self, q: torch.Tensor, out=None) -> torch.Tensor:
@@ -285,14 +294,19 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
         return torch.from_numpy(y).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_custom_op(x):  # traced: the two halves, whose numpy calls stay out of graphs
-            y = self.forward_quantized(self.quantize_input(x)).to(x.dtype)
+        if use_custom_op(x):  # traced: the int8kit::conv2d_static op
+            check_float_input(x)
+            self._check_shape(x.shape, "x")
             channels_last = (x.is_contiguous(memory_format=torch.channels_last)
                              and not x.is_contiguous())
-            return y if channels_last else y.contiguous()
-        # Eager: one native call quantizes with the layout change, convolves and lays the
-        # output out as x (the two halves cost ~20 us of Python and copies per layer).
-        y = self.forward_float(x)
+            y = conv2d_static(x if x.dtype == torch.float32 else x.float(), self.packed,
+                              self.weight_scale, self.bias, self._params, self.input_scale,
+                              self.input_zero_point, self.relu, self.threads or 0,
+                              channels_last)
+        else:
+            # Eager: one native call quantizes with the layout change, convolves and lays
+            # the output out as x (the two halves cost ~20 us of Python and copies per layer).
+            y = self.forward_float(x)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def forward_float(self, x: torch.Tensor, out=None) -> torch.Tensor:
