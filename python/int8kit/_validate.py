@@ -8,11 +8,30 @@ import numpy as np
 import torch
 
 
+# The dtypes as_numpy's fast path knows: numpy's and torch's for each.
+_NUMPY_DTYPE = {t: np.dtype(t) for t in (np.uint8, np.int8, np.int32, np.float32)}
+_TORCH_DTYPE = {np.uint8: torch.uint8, np.int8: torch.int8, np.int32: torch.int32,
+                np.float32: torch.float32}
+
+
 def as_numpy(x, name: str, dtype: np.dtype, ndim: int | None = None) -> np.ndarray:
     """A C-contiguous numpy view of a CPU tensor or array, with dtype and rank checked.
 
     Never copies silently into another dtype: a wrong dtype is the caller's bug.
     """
+    # The common case first, in few Python steps (at M = 1 each costs about as much as the
+    # GEMM): a plain CPU tensor or array that already has the dtype, rank and layout.
+    t = type(x)
+    if t is torch.Tensor:
+        if (x.dtype is _TORCH_DTYPE.get(dtype) and x.is_cpu and x.layout is torch.strided
+                and not x.requires_grad and (ndim is None or x.dim() == ndim)):
+            arr = x.numpy()
+            if arr.flags.c_contiguous:
+                return arr
+    elif t is np.ndarray:
+        if (x.dtype is _NUMPY_DTYPE.get(dtype) and (ndim is None or x.ndim == ndim)
+                and x.flags.c_contiguous):
+            return x
     if isinstance(x, torch.Tensor):
         if not x.is_cpu:
             raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
