@@ -143,7 +143,13 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
     }
   };
   detail::parallel_tiles(static_cast<int>(nt), tiles_n * tiles_m, [&](int, int64_t t) {
-    const int64_t un = t / tiles_m, um = t % tiles_m;  // row tiles of one column tile
+    // Neighbouring tiles go to one thread: the row tiles of one column tile, so its part
+    // of the weight stays in L2; but when the weight is cut at the kernel's row blocks
+    // (it cannot stay in L2), the column tiles of one row block, so that block of A does
+    // (2 threads, 2048x1024x4096: 0.97x -> 1.00x of the shared-counter order).
+    const bool by_rows = row_blocks > 1;
+    const int64_t un = by_rows ? t % tiles_n : t / tiles_m;
+    const int64_t um = by_rows ? t / tiles_n : t % tiles_m;
     const int64_t p0 = un * n_units / tiles_n * kPanelsPerUnit;        // adjacent: B stays
     const int64_t p1 = std::min((un + 1) * n_units / tiles_n * kPanelsPerUnit, g.B.n_panels);
     int64_t m0, m1;
