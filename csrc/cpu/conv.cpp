@@ -6,8 +6,8 @@
 //   offset g*C/G);
 // - on paths with a gathered-row kernel (AVX-512), an implicit GEMM: each row is a few
 //   runs of input bytes read in place from x, or for edge pixels from small copies with
-//   the padding written out (conv_windows.h). Without one, a strided 1x1 conv runs one output row at a time (row stride
-//   sw*C);
+//   the padding written out (conv_windows.h). Without one, a strided 1x1 conv runs one
+//   output row at a time (row stride sw*C);
 // - otherwise rows are gathered into a per-thread im2col tile (padding filled with the
 //   activation zero point), sized to stay in L2, for the path's block kernel.
 #include <algorithm>
@@ -120,7 +120,8 @@ std::vector<int64_t> implicit_runs(const ConvParams& p, int64_t row_px, int64_t*
     *run_len = p.kw * c;
   } else if (icg % kKGroup == 0) {
     for (int64_t kh = 0; kh < p.kh; ++kh)
-      for (int64_t kw = 0; kw < p.kw; ++kw) off.push_back((kh * p.dil_h * row_px + kw * p.dil_w) * c);
+      for (int64_t kw = 0; kw < p.kw; ++kw)
+        off.push_back((kh * p.dil_h * row_px + kw * p.dil_w) * c);
     *run_len = icg;
   }
   return off;
@@ -132,8 +133,8 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   const int64_t k = p.kh * p.kw * icg, M = a.n * oh * ow;
   const bool pointwise = p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0;
   const bool direct = pointwise && p.stride_h == 1 && p.stride_w == 1;
-  // Implicit GEMM where the path has one: activation rows are read in place from a padded
-  // copy of x (im2col would copy every input byte KH*KW times).
+  // Implicit GEMM where the path has one: activation rows are read in place, from x or
+  // from its edge copies (im2col would copy every input byte KH*KW times).
   const detail::GemmGatherBlockFn gather = detail::kernels_for(isa).gemm_gather_block;
   int64_t run_len = 0;
   const bool implicit = gather && !direct && !implicit_runs(p, 1, &run_len).empty();

@@ -42,7 +42,7 @@ void ConvWindows::prepare(const ConvArgs& a, int64_t oh, int64_t ow, int nthread
   auto inside = [](int64_t pad, int64_t stride, int64_t ext, int64_t size, int64_t out,
                    int64_t* lo, int64_t* hi) {
     *lo = std::min(out, (pad + stride - 1) / stride);
-    const int64_t last = size - ext + pad;  // the window starting at x*stride fits: x*stride <= last
+    const int64_t last = size - ext + pad;  // the window at x * stride fits: x * stride <= last
     *hi = last < 0 ? 0 : std::min(out, last / stride + 1);
   };
   inside(p.pad_w, sw_, ext_w, a.w, ow, &x_lo_, &x_hi_);
