@@ -83,6 +83,7 @@ SHAPES = [
     (1, 30, 21, 16, 16, 3, 1, (2, 0), (2, 1), 1),  # no horizontal padding: bands only
     (1, 17, 20, 8, 8, (1, 5), 1, (0, 2), 1, 1),  # no vertical padding: strips only
     (1, 24, 20, 16, 32, 3, 1, 1, 1, 2),   # grouped: one run per tap
+    (11, 18, 20, 8, 8, 3, 1, 1, 1, 1),    # 3 images' strips share a row; 11 images: 4 rows
 ]
 
 

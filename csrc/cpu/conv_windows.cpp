@@ -53,7 +53,8 @@ void ConvWindows::prepare(const ConvArgs& a, int64_t oh, int64_t ow, int nthread
   top_h_ = y_lo_ > 0 ? (y_lo_ - 1) * sh_ + ext_h : 0;
   bottom0_ = y_hi_ * sh_;
   bottom_h_ = y_hi_ < oh ? (oh - 1) * sh_ + ext_h - bottom0_ : 0;
-  const int64_t strip_w = left_w_ + right_w, strip_rows = strip_w > 0 ? hp_ : 0;
+  strip_w_ = left_w_ + right_w;
+  const int64_t strip_w = strip_w_, strip_rows = strip_w > 0 ? hp_ : 0;
   // Pixels copied per image each way; the edges only when they copy at most half as much.
   const int64_t edge_px = strip_rows * strip_w + (top_h_ + bottom_h_) * a.w;
   const bool edges = x_lo_ < x_hi_ && y_lo_ < y_hi_ && strip_w <= a.w && 2 * edge_px <= hp_ * wp;
@@ -63,9 +64,14 @@ void ConvWindows::prepare(const ConvArgs& a, int64_t oh, int64_t ow, int nthread
   if (edges) {
     row_px_ = a.w;
     const int64_t row = a.w * c_;
-    buf_.resize(static_cast<size_t>(a.n * (strip_rows + top_h_ + bottom_h_) * row));
+    // A strip row uses strip_w of a row's a.w pixels: the strips of images_per_strip_
+    // images sit side by side in the same rows.
+    images_per_strip_ = strip_w > 0 ? a.w / strip_w : 1;
+    const int64_t strip_blocks = (a.n + images_per_strip_ - 1) / images_per_strip_;
+    const int64_t rows = strip_blocks * strip_rows + a.n * (top_h_ + bottom_h_);
+    buf_.resize(static_cast<size_t>(rows * row));
     strip_ = buf_.data();
-    top_ = strip_ + a.n * strip_rows * row;
+    top_ = strip_ + strip_blocks * strip_rows * row;
     bottom_ = top_ + a.n * top_h_ * row;
   } else {
     row_px_ = wp;
@@ -88,7 +94,8 @@ void ConvWindows::prepare(const ConvArgs& a, int64_t oh, int64_t ow, int nthread
       if (!edges) {
         fill_row(a, n, r, 0, wp, padded + (n * hp_ + r) * wp * c_);
       } else if (r < strip_rows) {
-        uint8_t* dst = strip_ + (n * hp_ + r) * a.w * c_;
+        uint8_t* dst = strip_ + ((n / images_per_strip_ * hp_ + r) * a.w +
+                                 n % images_per_strip_ * strip_w) * c_;
         fill_row(a, n, r, 0, left_w_, dst);
         fill_row(a, n, r, right0_, right0_ + right_w, dst + left_w_ * c_);
       } else if (r < strip_rows + top_h_) {

@@ -7,7 +7,7 @@
 // whose window lies inside x read x in place, and only the edge pixels read small copies
 // laid out with x's own row stride (w * c bytes):
 //   - strips: for every padded row, the padded columns the left and right edge pixels
-//     read, side by side at the start of a row of that stride;
+//     read, side by side in a row of that stride (which holds several images' strips);
 //   - top and bottom bands: the padded rows the first and last output rows read, x's
 //     width only (their pixels' columns lie inside x).
 // On small images the strips and bands would cost as much as the whole copy: there it
@@ -34,9 +34,11 @@ class ConvWindows {
   // The first byte (channel 0, tap (0, 0)) of output pixel (n, y, x)'s window.
   const uint8_t* at(int64_t n, int64_t y, int64_t x) const {
     if (padded_) return padded_ + ((n * hp_ + y * sh_) * row_px_ + x * sw_) * c_;
-    if (x < x_lo_) return strip_ + ((n * hp_ + y * sh_) * row_px_ + x * sw_) * c_;
-    if (x >= x_hi_)
-      return strip_ + ((n * hp_ + y * sh_) * row_px_ + left_w_ + x * sw_ - right0_) * c_;
+    if (x < x_lo_ || x >= x_hi_) {
+      const int64_t col = x < x_lo_ ? x * sw_ : left_w_ + x * sw_ - right0_;
+      return strip_ + ((n / images_per_strip_ * hp_ + y * sh_) * row_px_ +
+                       n % images_per_strip_ * strip_w_ + col) * c_;
+    }
     if (y < y_lo_) return top_ + ((n * top_h_ + y * sh_) * row_px_ + x * sw_ - pw_) * c_;
     if (y >= y_hi_)
       return bottom_ + ((n * bottom_h_ + y * sh_ - bottom0_) * row_px_ + x * sw_ - pw_) * c_;
@@ -51,7 +53,8 @@ class ConvWindows {
   uint8_t* bottom_ = nullptr;
   int64_t c_ = 0, h_ = 0, hp_ = 0, row_px_ = 0, sh_ = 1, sw_ = 1, ph_ = 0, pw_ = 0;
   int64_t x_lo_ = 0, x_hi_ = 0, y_lo_ = 0, y_hi_ = 0;  // pixels read in place: [lo, hi)
-  int64_t left_w_ = 0, right0_ = 0;                    // strips: padded columns
+  int64_t left_w_ = 0, right0_ = 0, strip_w_ = 0;      // strips: padded columns
+  int64_t images_per_strip_ = 1;                       // images side by side in strip rows
   int64_t top_h_ = 0, bottom0_ = 0, bottom_h_ = 0;     // bands: padded rows
   std::vector<uint8_t> buf_;
 };
