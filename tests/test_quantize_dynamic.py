@@ -260,3 +260,15 @@ def test_transformer_encoder_converts_ffn_and_reports_attention():
             cos = torch.nn.functional.cosine_similarity(y[keep].flatten(), yq[keep].flatten(), 0)
             assert float(cos) > 0.999
     assert len(calls) == 2  # the int8 layers really ran, once per forward
+
+
+def test_converted_depthwise_convs_are_named_in_a_note():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                          nn.Conv2d(16, 16, 3, padding=1, groups=4)).eval()
+    q = int8kit.quantize_dynamic(model, {nn.Conv2d})
+    notes = [n for n in q.int8kit_report.notes if "depthwise" in n]
+    assert len(notes) == 1 and "(1)" in notes[0] and "slower than float32" in notes[0]
+    assert "note: depthwise convs converted (1)" in str(q.int8kit_report)
+    q = int8kit.quantize_dynamic(model, {nn.Conv2d}, skip=["1"])  # kept float: no note
+    assert not any("depthwise" in n for n in q.int8kit_report.notes)

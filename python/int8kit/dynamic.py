@@ -172,6 +172,21 @@ def _fix_parents(model: nn.Module, converted: list[str]) -> list[str]:
     return notes
 
 
+def _depthwise_note(model: nn.Module, converted: list[str]) -> list[str]:
+    """A note naming the converted depthwise convs: float in and out, they measure x's
+    range and then quantize it, two passes over the float input where float32 makes one,
+    and so little arithmetic pays for that that they can run slower than float32."""
+    mods = dict(model.named_modules())
+    dw = [n for n in converted if isinstance(mods.get(n), QuantConv2d)
+          and 1 < mods[n].groups == mods[n].in_channels == mods[n].out_channels]
+    if not dw:
+        return []
+    return [f"depthwise convs converted ({', '.join(n or '(root)' for n in dw)}): dynamic int8 "
+            "reads their float input twice (range, then quantize), and they can run slower "
+            "than float32; keep them float with skip=[...], or quantize statically "
+            "(int8kit.quantize_static), where they compute on uint8 directly"]
+
+
 def _swap(model: nn.Module, new_for: dict[int, nn.Module]) -> nn.Module:
     """Replaces every reference to a converted module (shared ones included)."""
     for parent in list(model.modules()):
@@ -267,7 +282,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = Fal
 
     # Commit: nothing below can fail on a well-formed module tree.
     result = _swap(target, new_for)
-    report.notes = _fix_parents(result, done)
+    report.notes = _fix_parents(result, done) + _depthwise_note(result, done)
     report.model_bytes_after = _module_bytes(result)
     result.int8kit_report = report
     return result
