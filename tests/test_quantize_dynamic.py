@@ -1,5 +1,7 @@
 """quantize_dynamic: selection, skipping, reporting, atomicity, transformer layers."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -272,3 +274,35 @@ def test_converted_depthwise_convs_are_named_in_a_note():
     assert "note: depthwise convs converted (1)" in str(q.int8kit_report)
     q = int8kit.quantize_dynamic(model, {nn.Conv2d}, skip=["1"])  # kept float: no note
     assert not any("depthwise" in n for n in q.int8kit_report.notes)
+
+
+def test_transformer_relu_runs_in_linear1s_epilogue_with_the_same_results(tmp_path):
+    enc = _encoder()  # activation "relu": the functional F.relu
+    q = int8kit.quantize_dynamic(enc)
+    r = q.int8kit_report
+    assert [q.layers[i].linear1.relu for i in (0, 1)] == [True, True]
+    assert not q.layers[0].linear2.relu
+    assert any("ReLU fused into linear1's epilogue in 2" in n for n in r.notes)
+    assert all(l.detail.endswith("relu fused") for l in r.converted if l.name.endswith("linear1"))
+    # The same model with the ReLU left where it was gives the same bits.
+    unfused = copy.deepcopy(q)
+    for layer in unfused.layers:
+        layer.linear1.relu, layer.activation = False, torch.nn.functional.relu
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        y = q(x)
+        assert torch.equal(y, unfused(x))
+        torch.save(q, tmp_path / "q.pt")  # the identity activation pickles
+        assert torch.equal(torch.load(tmp_path / "q.pt", weights_only=False)(x), y)
+        ep = torch.export.export(q, (x,))
+        assert torch.equal(ep.module()(x), y)
+    # compare() measures linear1 after the ReLU its float twin leaves to the layer.
+    rep = int8kit.compare(enc, q, x, batch_sizes=(1,), latency_repeats=2, measure_memory=False)
+    assert {s.name: s for s in rep.layers}["layers.0.linear1"].sqnr_db > 30
+    # Other activations stay where they are.
+    torch.manual_seed(0)
+    gelu = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, activation="gelu",
+                                                            batch_first=True), 1).eval()
+    qg = int8kit.quantize_dynamic(gelu)
+    assert not qg.layers[0].linear1.relu and not any("ReLU fused" in n
+                                                     for n in qg.int8kit_report.notes)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .nn import NotConvertibleError, QuantConv2d, QuantLinear, QuantMultiheadAttention
@@ -172,6 +173,40 @@ def _fix_parents(model: nn.Module, converted: list[str]) -> list[str]:
     return notes
 
 
+def _no_activation(x):
+    """A Transformer layer's activation once its ReLU runs in linear1's epilogue."""
+    return x
+
+
+def _fuse_ffn_relu(model: nn.Module, converted: list[str], report) -> list[str]:
+    """Moves the ReLU of each Transformer layer's feed-forward block (linear1 -> ReLU ->
+    dropout -> linear2) into its converted linear1's epilogue: the same values, without a
+    pass over the widest activation of the layer (encoder 6x384, FFN 1536: 9% of its time
+    in torch's clamp_min)."""
+    done = set(converted)
+    fused = {}  # linear1's name -> its scheme before and after
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            continue
+        lin1 = getattr(m, "linear1", None)
+        act = m.activation
+        if (type(lin1) is not QuantLinear or lin1.relu
+                or f"{name}.linear1".lstrip(".") not in done
+                or not (act is F.relu or act is torch.relu or type(act) is nn.ReLU)):
+            continue
+        before = lin1.scheme()
+        lin1.relu = True
+        m.activation = nn.Identity() if isinstance(act, nn.Module) else _no_activation
+        fused[f"{name}.linear1".lstrip(".")] = (before, lin1.scheme())
+    for row in report.layers:
+        if row.name in fused:
+            row.detail = row.detail.replace(*fused[row.name], 1)
+    if not fused:
+        return []
+    return [f"ReLU fused into linear1's epilogue in {len(fused)} Transformer layers "
+            f"({', '.join(fused)}); their activation is now the identity"]
+
+
 def _depthwise_note(model: nn.Module, converted: list[str]) -> list[str]:
     """A note naming the converted depthwise convs: float in and out, they measure x's
     range and then quantize it, two passes over the float input where float32 makes one,
@@ -282,7 +317,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = Fal
 
     # Commit: nothing below can fail on a well-formed module tree.
     result = _swap(target, new_for)
-    report.notes = _fix_parents(result, done) + _depthwise_note(result, done)
+    report.notes = (_fix_parents(result, done) + _fuse_ffn_relu(result, done, report)
+                    + _depthwise_note(result, done))
     report.model_bytes_after = _module_bytes(result)
     result.int8kit_report = report
     return result

@@ -212,15 +212,22 @@ class LayerRecorder:
         self._ref: dict[str, list] = {}
         self._handles = []
         for fname, qname, _, _ in pairs:
-            self._handles.append(fmods[fname].register_forward_hook(self._float_hook(fname)))
+            # A quantized layer with a ReLU in its epilogue (quantize_dynamic fuses a
+            # Transformer layer's functional ReLU into linear1) is compared after the ReLU.
+            relu = type(fmods[fname]) in (nn.Linear, nn.Conv2d) and getattr(qmods[qname],
+                                                                             "relu", False)
+            self._handles.append(fmods[fname].register_forward_hook(self._float_hook(fname,
+                                                                                     relu)))
             self._handles.append(qmods[qname].register_forward_hook(self._quant_hook(fname)))
 
-    def _float_hook(self, key):
+    def _float_hook(self, key, relu=False):
         def hook(_m, _inp, out):
             # A copy: the reference waits for the quantized pass, and an in-place op later
             # in the float model (ReLU6(inplace=True) after a conv) would rewrite it.
             ref = as_float(out)
-            self._ref.setdefault(key, []).append(None if ref is None else ref.clone())
+            if ref is not None:
+                ref = torch.relu(ref) if relu else ref.clone()
+            self._ref.setdefault(key, []).append(ref)
         return hook
 
     def _quant_hook(self, key):

@@ -39,6 +39,9 @@ class QuantLinear(QuantModuleBase):
     """
 
     _float32_buffers = ("weight_scale", "bias")
+    # ReLU applied in the epilogue (set by quantize_dynamic where a ReLU follows the layer;
+    # a class default, so modules pickled before it existed still load).
+    relu: bool = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  weight: str = "per_channel", activation: str = "per_row",
@@ -131,7 +134,7 @@ class QuantLinear(QuantModuleBase):
         each torch call costs about a microsecond)."""
         x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
         y = _C.linear_dynamic(x2, *self._kernel_views(), self.activation_scheme == "per_row",
-                              False, self.threads or torch.get_num_threads())
+                              self.relu, self.threads or torch.get_num_threads())
         return y if x.ndim == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +147,7 @@ class QuantLinear(QuantModuleBase):
         if use_custom_op(x):
             x2 = xf if len(shape) == 2 else xf.reshape(-1, self.in_features)
             y = linear_dynamic(x2, self.packed, self.weight_scale, self.bias, self.out_features,
-                               self.activation_scheme == "per_row", False, self.threads or 0)
+                               self.activation_scheme == "per_row", self.relu, self.threads or 0)
             y = y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features)
         else:
             y = torch.from_numpy(self._run(_numpy(xf)))
@@ -156,7 +159,8 @@ class QuantLinear(QuantModuleBase):
 
     def scheme(self) -> str:
         return (f"weight=int8 symmetric {self.weight_scheme}, "
-                f"activation=uint8 dynamic {self.activation_scheme}")
+                f"activation=uint8 dynamic {self.activation_scheme}"
+                + (", relu fused" if self.relu else ""))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
