@@ -17,6 +17,13 @@ import torch
 from . import _C
 
 
+def _numpy(x: torch.Tensor):
+    """A C-contiguous numpy view of a CPU tensor (a copy only when x is not contiguous)."""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    return (x.detach() if x.requires_grad else x).numpy()
+
+
 def linear_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                         bias: torch.Tensor | None, out_features: int, per_row: bool,
                         relu: bool, threads: int) -> torch.Tensor:
@@ -25,9 +32,7 @@ def linear_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Te
     One fused native call (quantize into a scratch buffer, GEMM, epilogue): ops.py
     re-validates every argument on each call, which costs more than the kernels at small M.
     """
-    if not x.is_contiguous():
-        x = x.contiguous()
-    xa = (x.detach() if x.requires_grad else x).numpy()
+    xa = _numpy(x)
     nthreads = threads if threads > 0 else torch.get_num_threads()
     y = _C.linear_dynamic(xa, packed.numpy(), w_scale.numpy(),
                           None if bias is None else bias.numpy(), bool(per_row), bool(relu),
@@ -55,8 +60,7 @@ def linear_static(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                   out_features: int, relu: bool = False, threads: int = 0) -> torch.Tensor:
     """StaticQuantLinear's float path: x quantized with the calibrated (in_scale,
     in_zero_point), one-element tensors (a traced graph cannot read them as numbers)."""
-    xa = (x.detach() if x.requires_grad else x).contiguous().numpy()
-    y = _C.linear_static(xa, packed.numpy(), w_scale.numpy(),
+    y = _C.linear_static(_numpy(x), packed.numpy(), w_scale.numpy(),
                          None if bias is None else bias.numpy(), in_scale.numpy(),
                          in_zero_point.numpy(), bool(relu), False, 1.0, 0,
                          threads if threads > 0 else torch.get_num_threads())

@@ -188,16 +188,15 @@ def _fuse_ffn_relu(model: nn.Module, converted: list[str], report) -> list[str]:
     for name, m in model.named_modules():
         if not isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
             continue
-        lin1 = getattr(m, "linear1", None)
-        act = m.activation
-        if (type(lin1) is not QuantLinear or lin1.relu
-                or f"{name}.linear1".lstrip(".") not in done
+        lin1, act = getattr(m, "linear1", None), m.activation
+        lin1_name = f"{name}.linear1".lstrip(".")
+        if (type(lin1) is not QuantLinear or lin1.relu or lin1_name not in done
                 or not (act is F.relu or act is torch.relu or type(act) is nn.ReLU)):
             continue
         before = lin1.scheme()
         lin1.relu = True
         m.activation = nn.Identity() if isinstance(act, nn.Module) else _no_activation
-        fused[f"{name}.linear1".lstrip(".")] = (before, lin1.scheme())
+        fused[lin1_name] = (before, lin1.scheme())
     for row in report.layers:
         if row.name in fused:
             row.detail = row.detail.replace(*fused[row.name], 1)

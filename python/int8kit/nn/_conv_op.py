@@ -62,17 +62,19 @@ def conv2d_dynamic_np(xa: np.ndarray, x_nhwc: bool, packed: np.ndarray, w_scale:
 
 def conv2d_dynamic_impl(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                         bias: torch.Tensor | None, params: list[int], relu: bool,
-                        threads: int, channels_last: bool, isa: str = "") -> torch.Tensor:
+                        threads: int, channels_last: bool, isa: str = "",
+                        x_qparams: tuple[float, int] = (0.0, 0)) -> torch.Tensor:
     """Arguments are trusted (the module checks them): x float32 [N, C, H, W].
 
-    One C++ call does the range scan, the quantize fused with the layout change, the conv
-    and the output layout (the separate passes cost more than the kernel at small sizes).
+    One C++ call does the range scan (or takes x_qparams, see conv2d_dynamic_np), the
+    quantize fused with the layout change, the conv and the output layout (the separate
+    passes cost more than the kernel at small sizes).
     """
     xa, x_nhwc = nchw_numpy(x)
     return conv2d_dynamic_np(xa, x_nhwc, packed.numpy(), w_scale.numpy(),
                              None if bias is None else bias.numpy(), params, relu,
                              threads if threads > 0 else torch.get_num_threads(),
-                             channels_last, isa)
+                             channels_last, isa, x_qparams)
 
 
 @torch.library.custom_op("int8kit::conv2d_dynamic", mutates_args=(), device_types="cpu")
@@ -103,12 +105,8 @@ def conv2d_static(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
                   channels_last: bool = False) -> torch.Tensor:
     """conv2d_dynamic with x quantized by the calibrated (in_scale, in_zero_point),
     one-element tensors (a traced graph cannot read them as numbers)."""
-    xa, x_nhwc = nchw_numpy(x)
-    return conv2d_dynamic_np(xa, x_nhwc, packed.numpy(), w_scale.numpy(),
-                             None if bias is None else bias.numpy(), params, relu,
-                             threads if threads > 0 else torch.get_num_threads(),
-                             channels_last,
-                             x_qparams=(float(in_scale), int(in_zero_point)))
+    return conv2d_dynamic_impl(x, packed, w_scale, bias, params, relu, threads, channels_last,
+                               x_qparams=(float(in_scale), int(in_zero_point)))
 
 
 @conv2d_static.register_fake
