@@ -73,9 +73,26 @@ SHAPES = [
     (1, 8, 9, 160, 160, 3, (2, 1), 1, 1, 160),  # vertical stride only, 128 + 32
     (1, 6, 3, 80, 80, 3, 2, 1, 1, 80),    # no pixel inside the row: edges only
     # the general kernel's last 1-3 inside pixels go in one call (full and partial blocks)
-    (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # 5 inside pixels: 4 + 1
-    (1, 4, 15, 130, 130, 3, 2, 1, 1, 130),  # 6: 4 + 2, two full blocks and 2 channels
-    (2, 5, 17, 70, 70, 3, 2, 1, 1, 70),   # 7: 4 + 3, a block of 6 channels
+    (1, 5, 19, 64, 64, 3, 3, 1, 1, 64),   # 5 inside pixels: 4 + 1
+    (1, 4, 22, 130, 130, 3, 3, 1, 1, 130),  # 6: 4 + 2, two full blocks and 2 channels
+    (2, 5, 25, 70, 70, 3, 3, 1, 1, 70),   # 7: 4 + 3, a block of 6 channels
+    (1, 5, 9, 8, 8, 3, 2, 1, 1, 8),       # stride 2 with C = 8
+    # depthwise 3x3 stride 2 by built columns: 2 per output pixel; with C = 16 or 32 the
+    # rows are copied in even and odd phases, 64 / C pixels a vector
+    (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # one block
+    (1, 4, 15, 130, 130, 3, 2, 1, 1, 130),  # two full blocks and 2 channels
+    (1, 6, 7, 48, 48, 3, 2, 1, 1, 48),    # one partial block
+    (1, 4, 130, 64, 64, 3, 2, 1, 1, 64),  # 65 pixels a row: chunks of 28 + 28 + 9
+    (1, 7, 13, 32, 32, 3, 2, 1, 1, 32),   # 3 full vectors + 1 pixel
+    (2, 9, 67, 16, 16, 3, 2, 1, 1, 16),   # batch 2, two 4-vector runs + 2 pixels
+    (1, 8, 12, 32, 32, 3, 2, 0, 1, 32),   # no padding, even width: the last column unread
+    (1, 5, 10, 16, 16, 3, 2, (2, 3), 1, 16),  # padding wider than 1
+    (1, 1, 1, 32, 32, 3, 2, 1, 1, 32),    # a 1x1 image
+    (1, 7, 2, 16, 16, 3, 2, 1, 1, 16),    # an image 2 pixels wide
+    (1, 6, 9, 24, 24, 3, 2, 0, 1, 24),    # a partial block, no padding
+    (2, 5, 9, 200, 200, 3, 2, 1, 1, 200),  # 3 blocks and 8 channels, batch 2
+    (1, 9, 113, 96, 96, 3, 2, 1, 1, 96),  # 64 + 32: the general kernel, 57 pixels a row
+    (2, 7, 9, 144, 144, 3, 2, 1, 1, 144),  # 128 + 16: the general kernel, batch 2
     # implicit GEMM on images big enough that inside pixels read x in place and only the
     # edge pixels read copies (left/right strips, top/bottom bands; conv_windows.h)
     (1, 20, 24, 16, 24, 3, 1, 1, 1, 1),   # all four edges

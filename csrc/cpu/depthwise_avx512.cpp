@@ -419,7 +419,7 @@ RowBlockFn row_block_for(const GemmArgs& e) {
 }
 
 
-// ---- 3x3, stride 1, dilation 1: a whole kernel column per vpdpbusd. ----
+// ---- 3x3, stride 1 or 2, dilation 1: a whole kernel column per vpdpbusd. ----
 // For each input column (padding included) and 64-channel block, the bytes of input rows
 // y-1, y, y+1 and a zero are interleaved into one dword per channel (8 unpacks); the
 // weights hold taps (0,kw) (1,kw) (2,kw) and a zero byte likewise, so output pixel x needs
@@ -432,6 +432,11 @@ RowBlockFn row_block_for(const GemmArgs& e) {
 // ("channel" i above). Output vector X (pixels P*X .. P*X+P-1) then needs the windows at
 // padded columns P*X + kw, and weights and epilogue inputs repeat every C lanes. A window
 // crosses pixels, so the input rows are first copied into rows padded with zero points.
+//
+// Stride 2 reads built columns 2x, 2x+1, 2x+2 for output pixel x. Super-pixels then copy
+// each input row in two phases, even padded columns then odd ones: the taps of P adjacent
+// output pixels become P adjacent pixels of one phase (kw = 0: even window X, kw = 1: odd
+// window X, kw = 2: even window X shifted by one pixel), as in the stride-1 case.
 
 // The 4x4 transpose of 128-bit chunks (an involution): scrambled <-> channel order.
 inline void xpose128(const __m512i* in, __m512i* out) {
@@ -520,11 +525,13 @@ inline __m512i shift_dw(__m512i a, __m512i b) {
 }
 
 // PX output vectors from built columns, stored at off + i*ostep. SH == 0: vector i reads
-// columns col[i*P + kw]. SH > 0 (super-pixels of C = 4*SH >= 16 channels): col[i] is the
-// window at padded column P*i, and the window kw pixels on is col[i], col[i+1] shifted by
-// kw*C bytes; C is a multiple of 16, so the shift moves whole 128-bit lanes, and the
-// unpacks' scrambled order survives it.
-template <int PX, int SH, OutKind OUT, bool RELU>
+// columns col[i*P + kw] (P: the pixels per vector, or the stride). S == 2 with SH > 0:
+// col[2i] and col[2i + 1] are the even and odd phase windows of vector i (kw = 0 and 1;
+// kw = 2 is the even window shifted by one pixel, as below). S == 1, SH > 0 (super-pixels
+// of C = 4*SH >= 16 channels): col[i] is the window at padded column P*i, and the window
+// kw pixels on is col[i], col[i+1] shifted by kw*C bytes; C is a multiple of 16, so the
+// shift moves whole 128-bit lanes, and the unpacks' scrambled order survives it.
+template <int PX, int SH, int S, OutKind OUT, bool RELU>
 __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
                                        const BlockEpiS& bs, const __m512i* col, int64_t P,
                                        const __m512i* w, __mmask64 lmask, int64_t off,
@@ -545,7 +552,7 @@ __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
         for (int i = 0; i < PX; ++i)
           dpbusd(acc[i][v], _mm512_load_si512(col + (i * P + kw) * 4 + v), wv);
       }
-  } else {
+  } else {  // a: the (even) window of vector i, b: that of vector i + 1
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       const __m512i w0 = _mm512_load_si512(w + v), w1 = _mm512_load_si512(w + 4 + v),
@@ -553,10 +560,11 @@ __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
       __m512i a = _mm512_load_si512(col + v);
 #pragma GCC unroll 8
       for (int i = 0; i < PX; ++i) {
-        const __m512i b = _mm512_load_si512(col + (i + 1) * 4 + v);
+        const __m512i b = _mm512_load_si512(col + S * (i + 1) * 4 + v);
         dpbusd(acc[i][v], a, w0);
-        dpbusd(acc[i][v], shift_dw<SH>(a, b), w1);
-        dpbusd(acc[i][v], shift_dw<2 * SH>(a, b), w2);
+        dpbusd(acc[i][v],
+               S == 2 ? _mm512_load_si512(col + (2 * i + 1) * 4 + v) : shift_dw<SH>(a, b), w1);
+        dpbusd(acc[i][v], shift_dw<S == 2 ? SH : 2 * SH>(a, b), w2);
         a = b;
       }
     }
@@ -570,15 +578,15 @@ __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
 // a row of 224 pixels built whole ran 1.2x slower (dw64@224).
 constexpr int64_t kMaxCols = 64;
 
-// One output row, one block: builds the ow + 2 columns the row reads, then the pixels, in
-// chunks of at most kMaxCols columns (a multiple of kPx pixels).
+// One output row, one block: builds the s * (ow - 1) + 3 columns the row reads (stride s),
+// then the pixels, in chunks of at most kMaxCols columns (a multiple of kPx pixels).
 template <OutKind OUT, bool RELU>
 __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
                                           const __m512i* wpk, __m512i* cols) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
   const GemmArgs& e = j.epi;
-  const int64_t C = p.in_channels;
+  const int64_t C = p.in_channels, s = p.stride_w;
   const int64_t n = r / j.oh, y = r % j.oh;
   const int64_t c0 = b * kDwBlock, left = C - c0;
   const __mmask64 lmask = left >= 64 ? ~__mmask64(0) : ((__mmask64(1) << left) - 1);
@@ -589,7 +597,7 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
   const uint8_t* rp[3];
   int64_t rs[3];
   for (int k = 0; k < 3; ++k) {
-    const int64_t ih = y - p.pad_h + k;
+    const int64_t ih = y * s - p.pad_h + k;
     const bool in = ih >= 0 && ih < a.h;
     rp[k] = in ? dw_tap(j, n, ih, 0) + c0 : j.zprow + c0;
     rs[k] = in ? C : 0;
@@ -597,16 +605,17 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
   const uint8_t* zp = j.zprow + c0;
   const __m512i* w = wpk + b * 12;
   const int64_t row_off = r * j.ow * C + c0;
-  const int64_t chunk = j.ow + 2 <= kMaxCols ? j.ow : (kMaxCols - 2) / kPx * kPx;
+  const int64_t chunk =
+      s * (j.ow - 1) + 3 <= kMaxCols ? j.ow : ((kMaxCols - 3) / s + 1) / kPx * kPx;
   for (int64_t x0 = 0; x0 < j.ow; x0 += chunk) {
     const int64_t x1 = std::min(j.ow, x0 + chunk);
-    for (int64_t cc = x0; cc < x1 + 2; ++cc) {  // column cc at cols[cc - x0]
-      const int64_t ix = cc - p.pad_w;
+    for (int64_t cc = 0; cc < s * (x1 - x0 - 1) + 3; ++cc) {  // padded column s*x0 + cc
+      const int64_t ix = s * x0 + cc - p.pad_w;
       const bool in = ix >= 0 && ix < a.w;
       const uint8_t* q0 = in ? rp[0] + ix * rs[0] : zp;
       const uint8_t* q1 = in ? rp[1] + ix * rs[1] : zp;
       const uint8_t* q2 = in ? rp[2] + ix * rs[2] : zp;
-      __m512i* dst = cols + (cc - x0) * 4;
+      __m512i* dst = cols + cc * 4;
       if (left >= 64)
         build_col<true>(q0, q1, q2, lmask, dst);
       else
@@ -614,11 +623,11 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
     }
     int64_t x = x0;
     for (; x + kPx <= x1; x += kPx)
-      pixels3<kPx, 0, OUT, RELU>(e, be, bs, cols + (x - x0) * 4, 1, w, lmask, row_off + x * C,
-                                 C, 64, 0);
+      pixels3<kPx, 0, 1, OUT, RELU>(e, be, bs, cols + (x - x0) * s * 4, s, w, lmask,
+                                    row_off + x * C, C, 64, 0);
     for (; x < x1; ++x)
-      pixels3<1, 0, OUT, RELU>(e, be, bs, cols + (x - x0) * 4, 1, w, lmask, row_off + x * C, C,
-                               64, 0);
+      pixels3<1, 0, 1, OUT, RELU>(e, be, bs, cols + (x - x0) * s * 4, s, w, lmask,
+                                  row_off + x * C, C, 64, 0);
   }
 }
 
@@ -645,8 +654,9 @@ void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t c0, int64_t w, Bloc
 // stores of its valid pixels). Either the conv has exactly w channels (c0 = 0), or they
 // are the narrow tail (w = 16 or 32) of a wider one, whose other blocks go one pixel per
 // vector. w >= 16 builds the windows at padded columns P*X only (SH = w/4, see pixels3),
-// w = 8 those at P*X + kw.
-template <int SH, OutKind OUT, bool RELU>
+// w = 8 those at P*X + kw. Stride S = 2 (w >= 16 only) builds the even and odd phase
+// windows at phase pixel P*X (a conv of w channels only; see built_columns_apply).
+template <int SH, int S, OutKind OUT, bool RELU>
 void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
                  const __m512i* w, __m512i* cols) {
   const ConvArgs& a = *j.a;
@@ -654,9 +664,11 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
   const GemmArgs& e = j.epi;
   const int64_t C = p.in_channels, lw = 64 / P, gap = C - lw;
   const int64_t nx = (j.ow + P - 1) / P, full = j.ow / P;
-  // Padded rows of P*(nx+1) pixels of lw channels hold every window read: 3 input row slots
-  // (an input row is copied once while the output rows move down) and a row of zero points.
-  const int64_t len = 64 * (nx + 1);
+  static_assert(S == 1 || SH > 0, "stride 2 needs super-pixels of 16 or 32 channels");
+  // Padded rows of S phases of P*(nx+1) pixels of lw channels hold every window read: 3
+  // input row slots (an input row is copied once while the output rows move down) and a
+  // row of zero points.
+  const int64_t phase = 64 * (nx + 1), len = S * phase;
   std::vector<uint8_t> pad(static_cast<size_t>(4 * len), static_cast<uint8_t>(a.x_zp));
   int64_t held[3] = {-1, -1, -1};  // flattened (n, ih) of each slot
   BlockEpi be;
@@ -667,23 +679,36 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
   BlockEpi tail = be;
   for (int v = 0; v < 4; ++v) tail.m[v] = mask16(tail_bytes - 16 * v);
   const __mmask64 all = ~__mmask64(0), tail_mask = (__mmask64(1) << tail_bytes) - 1;
-  const int64_t cstep = SH ? 1 : P;  // built columns per output vector
+  const int64_t cstep = SH ? S : P;  // built columns per output vector
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / j.oh, y = r % j.oh;
     const uint8_t* q[3];
     for (int k = 0; k < 3; ++k) {
-      const int64_t ih = y - p.pad_h + k, slot = ih % 3;
+      const int64_t ih = y * S - p.pad_h + k, slot = ih % 3;
       q[k] = pad.data() + (ih >= 0 && ih < a.h ? slot : 3) * len;
       if (ih < 0 || ih >= a.h || held[slot] == n * a.h + ih) continue;
       const uint8_t* src = dw_tap(j, n, ih, 0) + c0;
-      uint8_t* dst = pad.data() + slot * len + p.pad_w * lw;
-      if (gap == 0)
-        std::copy_n(src, a.w * C, dst);
-      else
-        for (int64_t x = 0; x < a.w; ++x) std::memcpy(dst + x * lw, src + x * C, lw);
+      uint8_t* row = pad.data() + slot * len;
+      if constexpr (S == 2) {  // padded column pc to pixel pc / 2 of phase pc % 2
+        constexpr int64_t kLw = 4 * SH;
+        const int64_t xend = std::min(a.w, 2 * P * (nx + 1) - p.pad_w);  // past: unread
+        for (int64_t x = 0; x < xend; ++x) {
+          const int64_t pc = x + p.pad_w;
+          std::memcpy(row + (pc & 1) * phase + (pc >> 1) * kLw, src + x * C, kLw);
+        }
+      } else if (gap == 0) {
+        std::copy_n(src, a.w * C, row + p.pad_w * lw);
+      } else {
+        for (int64_t x = 0; x < a.w; ++x) std::memcpy(row + (p.pad_w + x) * lw, src + x * C, lw);
+      }
       held[slot] = n * a.h + ih;
     }
-    if constexpr (SH > 0) {
+    if constexpr (S == 2) {  // even window X at cols[2X], odd window X at cols[2X + 1]
+      for (int64_t m = 0; m <= 2 * nx; ++m) {
+        const int64_t off = m % 2 * phase + m / 2 * 64;
+        build_col<true>(q[0] + off, q[1] + off, q[2] + off, all, cols + m * 4);
+      }
+    } else if constexpr (SH > 0) {
       for (int64_t x = 0; x <= nx; ++x)  // windows at padded columns P*x
         build_col<true>(q[0] + x * 64, q[1] + x * 64, q[2] + x * 64, all, cols + x * 4);
     } else {
@@ -695,14 +720,14 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
     const int64_t row_off = r * j.ow * C + c0, vstep = P * C;
     int64_t x = 0;
     for (; x + kPx <= full; x += kPx)
-      pixels3<kPx, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * vstep,
-                                  vstep, lw, gap);
+      pixels3<kPx, SH, S, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all,
+                                     row_off + x * vstep, vstep, lw, gap);
     for (; x < full; ++x)
-      pixels3<1, SH, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all, row_off + x * vstep,
-                                vstep, lw, gap);
+      pixels3<1, SH, S, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all,
+                                   row_off + x * vstep, vstep, lw, gap);
     if (tail_bytes)
-      pixels3<1, SH, OUT, RELU>(e, tail, bs, cols + x * cstep * 4, P, w, tail_mask,
-                                row_off + x * vstep, vstep, lw, gap);
+      pixels3<1, SH, S, OUT, RELU>(e, tail, bs, cols + x * cstep * 4, P, w, tail_mask,
+                                   row_off + x * vstep, vstep, lw, gap);
   }
 }
 
@@ -712,34 +737,37 @@ constexpr int64_t kTailRows = 8;
 
 // Rows [r0, r1): P > 1 as above; P == 1 goes block by block, one pixel per vector, except
 // a narrow last block of tail_w = 16 or 32 channels, which goes P = 64 / tail_w pixels per
-// vector (one pixel per vector would leave 3/4 or 1/2 of each vector idle).
-template <OutKind OUT, bool RELU>
+// vector (one pixel per vector would leave 3/4 or 1/2 of each vector idle). Stride S.
+template <int S, OutKind OUT, bool RELU>
 void rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t tail_w, const __m512i* w,
            __m512i* cols) {
-  if (P == 2) return super_rows3<8, OUT, RELU>(j, r0, r1, P, 0, w, cols);
-  if (P == 4) return super_rows3<4, OUT, RELU>(j, r0, r1, P, 0, w, cols);
-  if (P == 8) return super_rows3<0, OUT, RELU>(j, r0, r1, P, 0, w, cols);
+  if (P == 2) return super_rows3<8, S, OUT, RELU>(j, r0, r1, P, 0, w, cols);
+  if (P == 4) return super_rows3<4, S, OUT, RELU>(j, r0, r1, P, 0, w, cols);
+  if constexpr (S == 1)
+    if (P == 8) return super_rows3<0, S, OUT, RELU>(j, r0, r1, P, 0, w, cols);
   const int64_t blocks = j.a->wt.cp / kDwBlock, full = tail_w ? blocks - 1 : blocks;
   const __m512i* tail_wts = w + full * 12;
   for (int64_t c = r0; c < r1; c += kTailRows) {
     const int64_t ce = std::min(r1, c + kTailRows);
     for (int64_t r = c; r < ce; ++r)
       for (int64_t b = 0; b < full; ++b) row_block3<OUT, RELU>(j, r, b, w, cols);
-    if (tail_w == 32) super_rows3<8, OUT, RELU>(j, c, ce, 2, full * kDwBlock, tail_wts, cols);
-    if (tail_w == 16) super_rows3<4, OUT, RELU>(j, c, ce, 4, full * kDwBlock, tail_wts, cols);
+    if (tail_w == 32) super_rows3<8, S, OUT, RELU>(j, c, ce, 2, full * kDwBlock, tail_wts, cols);
+    if (tail_w == 16) super_rows3<4, S, OUT, RELU>(j, c, ce, 4, full * kDwBlock, tail_wts, cols);
   }
 }
 
 using Rows3Fn = void (*)(const DwJob&, int64_t, int64_t, int64_t, int64_t, const __m512i*,
                          __m512i*);
 
+template <int S>
 Rows3Fn rows3_for(const GemmArgs& e) {
   switch (e.out) {
-    case OutKind::s32: return rows3<OutKind::s32, false>;
-    case OutKind::f32: return e.relu ? rows3<OutKind::f32, true> : rows3<OutKind::f32, false>;
-    case OutKind::u8: return e.relu ? rows3<OutKind::u8, true> : rows3<OutKind::u8, false>;
+    case OutKind::s32: return rows3<S, OutKind::s32, false>;
+    case OutKind::f32:
+      return e.relu ? rows3<S, OutKind::f32, true> : rows3<S, OutKind::f32, false>;
+    case OutKind::u8: return e.relu ? rows3<S, OutKind::u8, true> : rows3<S, OutKind::u8, false>;
   }
-  return rows3<OutKind::s32, false>;
+  return rows3<S, OutKind::s32, false>;
 }
 
 // Weights of block b, column kw, vector v: dword 4L+k = channel c0 + (16L+4v+k) % span
@@ -764,20 +792,34 @@ void pack_w3(const ConvView& wt, int64_t span, int64_t tail_span, __m512i* out) 
   }
 }
 
-void depthwise3x3s1_rows(const DwJob& j, int64_t r0, int64_t r1) {
+// Pixels per vector of the built-column kernels: 64 / C for C = 8, 16, 32 (then one
+// block), else 1.
+int64_t pixels_per_vector(int64_t C) { return C >= 8 && C < 64 && 64 % C == 0 ? 64 / C : 1; }
+
+// 3x3, dilation 1, stride 1, or stride 2 unless C = 8 or the last block has 16 or 32 of
+// several blocks' channels (those went 1.03-1.25x slower than the general kernel, which
+// reads all of a pixel's channels at once: dw96 at 112 and 56 pixels).
+bool built_columns_apply(const ConvParams& p) {
+  const int64_t C = p.in_channels, last = C % kDwBlock, P = pixels_per_vector(C);
+  const bool s2 = P == 2 || P == 4 || (P == 1 && last != 16 && last != 32);
+  return p.kh == 3 && p.kw == 3 && p.dil_h == 1 && p.dil_w == 1 && p.stride_h == p.stride_w &&
+         (p.stride_w == 1 || (p.stride_w == 2 && s2));
+}
+
+void depthwise3x3_rows(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvView& wt = j.a->wt;
-  const int64_t C = wt.p.in_channels, blocks = wt.cp / kDwBlock;
-  // Pixels per vector: 64 / C for C = 8, 16, 32 (then blocks == 1), else 1, and for a last
-  // block of 16 or 32 channels 64 / that.
-  const int64_t P = C >= 8 && C < 64 && 64 % C == 0 ? 64 / C : 1;
+  const int64_t C = wt.p.in_channels, blocks = wt.cp / kDwBlock, s = wt.p.stride_w;
+  // A last block of 16 or 32 channels goes 64 / that pixels per vector.
+  const int64_t P = pixels_per_vector(C);
   const int64_t tail_w = P == 1 && (C % kDwBlock == 16 || C % kDwBlock == 32) ? C % kDwBlock : 0;
-  const int64_t ncol = P * ((j.ow + P - 1) / P) + 2;  // columns built: ow + 2 when P == 1
+  // Columns built: s * (ow - 1) + 3 when P == 1, fewer otherwise.
+  const int64_t ncol = s * (P * ((j.ow + P - 1) / P) + 2);
   struct alignas(64) Z { int8_t b[64]; };
   std::vector<Z> wbuf(static_cast<size_t>(blocks * 12)), cbuf(static_cast<size_t>(ncol * 4));
   __m512i* wpk = reinterpret_cast<__m512i*>(wbuf.data());
   __m512i* cols = reinterpret_cast<__m512i*>(cbuf.data());
   pack_w3(wt, 64 / P, tail_w ? tail_w : 64 / P, wpk);
-  rows3_for(j.epi)(j, r0, r1, P, tail_w, wpk, cols);
+  (s == 1 ? rows3_for<1>(j.epi) : rows3_for<2>(j.epi))(j, r0, r1, P, tail_w, wpk, cols);
 }
 
 }  // namespace
@@ -785,9 +827,7 @@ void depthwise3x3s1_rows(const DwJob& j, int64_t r0, int64_t r1) {
 void depthwise_rows_avx512vnni(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
-  if (p.kh == 3 && p.kw == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 &&
-      p.dil_w == 1)
-    return depthwise3x3s1_rows(j, r0, r1);
+  if (built_columns_apply(p)) return depthwise3x3_rows(j, r0, r1);
   const int64_t taps = p.kh * p.kw, blocks = a.wt.cp / kDwBlock;
   RowScratch rs{std::vector<const uint8_t*>(static_cast<size_t>(taps)),
                 std::vector<int64_t>(static_cast<size_t>(taps))};
