@@ -751,8 +751,10 @@ void rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t tail_w, co
     const int64_t ce = std::min(r1, c + kTailRows);
     for (int64_t r = c; r < ce; ++r)
       for (int64_t b = 0; b < full; ++b) row_block3<OUT, RELU>(j, r, b, w, cols);
-    if (tail_w == 32) super_rows3<8, S, OUT, RELU>(j, c, ce, 2, full * kDwBlock, tail_wts, cols);
-    if (tail_w == 16) super_rows3<4, S, OUT, RELU>(j, c, ce, 4, full * kDwBlock, tail_wts, cols);
+    if constexpr (S == 1) {  // stride 2 has no narrow tail here (see built_columns_apply)
+      if (tail_w == 32) super_rows3<8, S, OUT, RELU>(j, c, ce, 2, full * kDwBlock, tail_wts, cols);
+      if (tail_w == 16) super_rows3<4, S, OUT, RELU>(j, c, ce, 4, full * kDwBlock, tail_wts, cols);
+    }
   }
 }
 
