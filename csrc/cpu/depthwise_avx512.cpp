@@ -237,11 +237,17 @@ struct NarrowTail {
 
 void load_super_epi(const GemmArgs& e, int32_t x_zp, int64_t c0, int64_t w, BlockEpi* be);
 
+// The channels of a narrow last block: 16 or 32 left after full blocks, else 0.
+int64_t narrow_last_block(int64_t C) {
+  const int64_t rem = C % kDwBlock;
+  return C > kDwBlock && (rem == 16 || rem == 32) ? rem : 0;
+}
+
 NarrowTail narrow_tail(const DwJob& j) {
   const ConvView& wt = j.a->wt;
-  const int64_t C = wt.p.in_channels, rem = C % kDwBlock, taps = wt.p.kh * wt.p.kw;
+  const int64_t C = wt.p.in_channels, rem = narrow_last_block(C), taps = wt.p.kh * wt.p.kw;
   NarrowTail t;
-  if (C < kDwBlock || (rem != 16 && rem != 32)) return t;
+  if (rem == 0) return t;
   t.w = rem, t.P = kDwBlock / rem, t.c0 = C - rem;
   t.wexp.assign(static_cast<size_t>(taps * 4 * kDwBlock), 0);
   for (int64_t tap = 0; tap < taps; ++tap)
@@ -802,8 +808,8 @@ int64_t pixels_per_vector(int64_t C) { return C >= 8 && C < 64 && 64 % C == 0 ? 
 // several blocks' channels (those went 1.03-1.25x slower than the general kernel, which
 // reads all of a pixel's channels at once: dw96 at 112 and 56 pixels).
 bool built_columns_apply(const ConvParams& p) {
-  const int64_t C = p.in_channels, last = C % kDwBlock, P = pixels_per_vector(C);
-  const bool s2 = P == 2 || P == 4 || (P == 1 && last != 16 && last != 32);
+  const int64_t C = p.in_channels;
+  const bool s2 = pixels_per_vector(C) <= 4 && narrow_last_block(C) == 0;
   return p.kh == 3 && p.kw == 3 && p.dil_h == 1 && p.dil_w == 1 && p.stride_h == p.stride_w &&
          (p.stride_w == 1 || (p.stride_w == 2 && s2));
 }
@@ -811,9 +817,8 @@ bool built_columns_apply(const ConvParams& p) {
 void depthwise3x3_rows(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvView& wt = j.a->wt;
   const int64_t C = wt.p.in_channels, blocks = wt.cp / kDwBlock, s = wt.p.stride_w;
-  // A last block of 16 or 32 channels goes 64 / that pixels per vector.
   const int64_t P = pixels_per_vector(C);
-  const int64_t tail_w = P == 1 && (C % kDwBlock == 16 || C % kDwBlock == 32) ? C % kDwBlock : 0;
+  const int64_t tail_w = narrow_last_block(C);  // goes 64 / tail_w pixels per vector
   // Columns built: s * (ow - 1) + 3 when P == 1, fewer otherwise.
   const int64_t ncol = s * (P * ((j.ow + P - 1) / P) + 2);
   struct alignas(64) Z { int8_t b[64]; };
