@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .. import _C, ops
-from .._custom_ops import linear_dynamic
+from .._custom_ops import _numpy, linear_dynamic
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, QuantModuleBase, check_float_input, use_custom_op
 
@@ -19,13 +19,6 @@ def _choice(value, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
-
-
-def _numpy(x: torch.Tensor) -> np.ndarray:
-    """A C-contiguous numpy view of a CPU tensor (detached: the kernels have no autograd);
-    a copy only when x is not contiguous. Checked in numpy: cheaper than asking torch."""
-    a = (x.detach() if x.requires_grad else x).numpy()
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 class QuantLinear(QuantModuleBase):
