@@ -209,3 +209,11 @@ def test_conv_bench_splits_each_measurement_into_op_and_float_rows():
     assert "int8kit_op" in modes["op"]["median_s"] and "int8kit_cl" not in modes["op"]["median_s"]
     assert not any(k.endswith("_op") for k in modes["float"]["median_s"])
     assert "mode" in conv.table(res)
+
+
+def test_conv_bench_expands_shape_sets_and_rejects_unknown_names():
+    from int8kit.bench import conv
+    assert conv.shape_names(["depthwise"]) == [k for k in conv.SHAPES if k.startswith("dw")]
+    assert conv.shape_names(["resnet", "dw32@112"])[-1] == "dw32@112"
+    with pytest.raises(ValueError, match="shapes"):
+        conv.shape_names(["dw7@7"])

@@ -53,9 +53,9 @@ SHAPES = {
     "dw144@56": (144, 144, 3, 1, 1, 144, 56),
 }
 QUICK_SHAPES = ["r18_128@28", "down1x1_64>128@56", "dw128@56"]
-GROUPS = {"resnet": [k for k in SHAPES if k.startswith("r18")],
-          "downsample": ["down1x1_64>128@56"],
-          "depthwise": [k for k in SHAPES if k.startswith("dw")]}
+SHAPE_SETS = {"resnet": [k for k in SHAPES if k.startswith("r18")],
+              "downsample": ["down1x1_64>128@56"],
+              "depthwise": [k for k in SHAPES if k.startswith("dw")]}
 
 
 def _minmax_qparams(t: torch.Tensor) -> tuple[float, int]:
@@ -185,12 +185,21 @@ def _contenders(name: str, batch: int, threads: int):
     return c, ops_count
 
 
+def shape_names(shapes) -> list:
+    """Shape names from names and set names ("resnet", "downsample", "depthwise")."""
+    names = [n for s in shapes for n in SHAPE_SETS.get(s, [s])]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        raise ValueError(f"shapes: unknown {unknown}; known: {list(SHAPE_SETS) + list(SHAPES)}")
+    return names
+
+
 def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1, 2),
         target_s: float = 0.15, quick: bool = False) -> dict:
     """Times every contender per (shape, batch, threads); returns medians, ratios, peaks."""
     if quick and shapes == ("resnet", "downsample", "depthwise"):
         shapes = QUICK_SHAPES
-    names = [n for grp in shapes for n in (GROUPS.get(grp, [grp]))]
+    names = shape_names(shapes)
     if quick:
         batches, target_s = batches[:1], 0.05
     prev = torch.get_num_threads()
