@@ -72,11 +72,14 @@ MODES = {
                              "f32_cl")),
 }
 
-# Timed in two separate rotations (see _harness.time_groups): the int8 contenders among
-# themselves, and float32 beside int8kit, which gives the speedups vs float32.
+# Timed in three separate rotations (see _harness.time_groups): the quantized ops among
+# themselves, the float-in/float-out int8 contenders among themselves (their quantize and
+# dequantize passes are float work, which slows the int8 kernels after them: r18_64@56
+# batch 8, every op 3% slower beside them), and float32 beside int8kit, which gives the
+# speedups vs float32.
 FLOATS = ("f32", "f32_cl")
-GROUPS = {"int8": ["int8kit_op", "int8kit_cl", "int8kit", "ao_x86_op", "ao_fbgemm_op",
-                   "ort_op", "ao_x86_e2e", "ao_fbgemm_e2e", "ort_e2e"],
+GROUPS = {"op": ["int8kit_op", "ao_x86_op", "ao_fbgemm_op", "ort_op"],
+          "e2e": ["int8kit_cl", "int8kit", "ao_x86_e2e", "ao_fbgemm_e2e", "ort_e2e"],
           "float": ["f32", "f32_cl", "int8kit_op", "int8kit_cl"]}
 
 
@@ -214,7 +217,7 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
                         fns, nops = _contenders(name, b, t)
                         groups = H.time_groups(fns, GROUPS, target_s=target_s)
                         beside = groups["float"]
-                        res = {**beside, **groups["int8"]}
+                        res = {**beside, **groups["op"], **groups["e2e"]}
                         for mode, (ours, peers) in MODES.items():
                             keep = [ours] + [k for k in peers if k in res]
                             med = {k: res[k].median_s for k in keep}
@@ -246,10 +249,10 @@ def table(result: dict) -> str:
                     "n/a" if r["peak_frac"] is None else f"{100 * r['peak_frac']:.0f}%", ratios])
     note = ("peer / int8kit = the peer's median / int8kit's (> 1: int8kit faster). op rows: "
             "int8kit_op and the peers' quantized ops alone (uint8 in and out); float rows: "
-            "QuantConv2d (int8kit_cl) and the peers' _e2e, float in and out. The int8 "
-            "contenders are timed in one rotation, float32 beside int8kit in another (int8 "
-            "kernels run 9-16 % slower for a while after float32 FMA work); f32 ratios "
-            "come from the second.")
+            "QuantConv2d (int8kit_cl) and the peers' _e2e, float in and out. Each row's int8 "
+            "contenders are timed in a rotation of their own, float32 beside int8kit in "
+            "another (int8 kernels run 9-16 % slower for a while after float32 FMA work); "
+            "f32 ratios come from the last.")
     return H.format_table(heads, out, align="llrrrrrl") + "\n" + note
 
 
