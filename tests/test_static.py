@@ -280,6 +280,15 @@ def test_static_conv_op_equals_the_conv_kernels(groups, stride, batch):
         assert got_f.dtype == torch.float32 and got_u.dtype == torch.uint8
         assert torch.equal(got_f.permute(0, 2, 3, 1), want_f)
         assert torch.equal(got_u.permute(0, 2, 3, 1), want_u)
+        assert got_f.is_contiguous(memory_format=torch.channels_last)
+    strided = torch.randint(0, 256, (batch, 8, 9, 14), dtype=torch.uint8)[..., ::2]  # copied
+    assert torch.equal(sq.forward_quantized(strided), sq.forward_quantized(strided.contiguous()))
+    with pytest.raises(ValueError, match="q must be a dense CPU tensor"):
+        sq.forward_quantized(q.to_sparse())
+    with pytest.raises(ValueError, match="q must be a uint8 tensor"):
+        sq.forward_quantized(q.numpy())
+    with pytest.raises(ValueError, match="in_channels"):
+        sq.forward_quantized(q.reshape(-1, 9, 7))
     with pytest.raises(ValueError, match="height and width must be >= 1"):
         sq.forward_quantized(torch.zeros(1, 8, 1, 0, dtype=torch.uint8))
     with pytest.raises(ValueError, match="in_channels"):
