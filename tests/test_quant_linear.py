@@ -233,6 +233,8 @@ def test_bad_inputs_raise_clear_errors():
     # A tensor on another device (meta stands in for CUDA on a CPU-only machine).
     with pytest.raises(ValueError, match="x must be a CPU tensor.*meta"):
         ql(torch.empty(3, 8, device="meta"))
+    with pytest.raises(ValueError, match="x must be a dense tensor"):
+        ql(torch.randn(3, 8).to_sparse())
     x = torch.randn(3, 8)
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):

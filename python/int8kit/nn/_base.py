@@ -33,6 +33,9 @@ def check_float_input(x, name: str = "x") -> None:
     if not x.is_cpu:  # (x.device builds an object: 0.4 us)
         raise ValueError(f"{name} must be a CPU tensor (int8kit's kernels run on CPU), "
                          f"got device {x.device}")
+    if x.layout is not torch.strided:
+        raise ValueError(f"{name} must be a dense tensor, got layout {x.layout} "
+                         "(call .to_dense() first)")
 
 
 _is_compiling = torch.compiler.is_compiling  # (module attribute lookups cost when cold)
