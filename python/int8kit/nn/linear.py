@@ -116,16 +116,15 @@ class QuantLinear(QuantModuleBase):
         # One test admits the common call (eager, float32 [..., in_features] on the CPU) in
         # as few Python steps as possible: at M = 1 each costs about as much as the GEMM,
         # several microseconds when the module is out of cache, as it is between a model's
-        # layers. Everything else is validated in full.
-        # The shape is read from numpy's view, which costs less than asking torch.
+        # layers (the shape is read from numpy's view, which costs less than asking torch).
+        # Everything else is validated in full.
         if type(x) is torch.Tensor and x.dtype is torch.float32 and not use_custom_op(x):
             try:
-                a = (x.detach() if x.requires_grad else x).numpy()
+                a = _numpy(x)
             except TypeError:  # not a dense CPU tensor: the checked path says what is wrong
                 return self._forward_checked(x)
             if a.ndim and a.shape[-1] == self.in_features:
-                return torch.from_numpy(self._run(a if a.flags.c_contiguous
-                                                  else np.ascontiguousarray(a)))
+                return torch.from_numpy(self._run(a))
         return self._forward_checked(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
