@@ -491,6 +491,20 @@ inline void build_col(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, _
   _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, czhi));
 }
 
+// build_col with a fourth row in the dwords' last byte: output row y reads it with taps
+// (w0, w1, w2, 0), row y + 1 with taps (0, w0, w1, w2), so one build serves two rows.
+inline void build_col4(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
+                       const uint8_t* r3, __m512i* dst) {
+  const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+  const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3);
+  const __m512i ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b);
+  const __m512i cdlo = _mm512_unpacklo_epi8(c, d), cdhi = _mm512_unpackhi_epi8(c, d);
+  _mm512_store_si512(dst + 0, _mm512_unpacklo_epi16(ablo, cdlo));
+  _mm512_store_si512(dst + 1, _mm512_unpackhi_epi16(ablo, cdlo));
+  _mm512_store_si512(dst + 2, _mm512_unpacklo_epi16(abhi, cdhi));
+  _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, cdhi));
+}
+
 // Lanes hold pixels of w channels each (w = 64 / pixels per vector); in the output, pixel q
 // of the vector starts at off + q * (w + gap). gap = 0 when the vector's channels are all of
 // the conv's (contiguous pixels), else the channels that other blocks hold (w >= 16 then).
@@ -671,12 +685,15 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
   const int64_t C = p.in_channels, lw = 64 / P, gap = C - lw;
   const int64_t nx = (j.ow + P - 1) / P, full = j.ow / P;
   static_assert(S == 1 || SH > 0, "stride 2 needs super-pixels of 16 or 32 channels");
-  // Padded rows of S phases of P*(nx+1) pixels of lw channels hold every window read: 3
+  // Padded rows of S phases of P*(nx+1) pixels of lw channels hold every window read: NS
   // input row slots (an input row is copied once while the output rows move down) and a
-  // row of zero points.
+  // row of zero points. Stride 1 goes two output rows at a time (see build_col4), reading
+  // 4 input rows; stride 2 one row, reading 3.
+  constexpr int NS = S == 1 ? 4 : 3;
   const int64_t phase = 64 * (nx + 1), len = S * phase;
-  std::vector<uint8_t> pad(static_cast<size_t>(4 * len), static_cast<uint8_t>(a.x_zp));
-  int64_t held[3] = {-1, -1, -1};  // flattened (n, ih) of each slot
+  std::vector<uint8_t> pad(static_cast<size_t>((NS + 1) * len), static_cast<uint8_t>(a.x_zp));
+  int64_t held[NS];  // flattened (n, ih) of each slot
+  std::fill_n(held, NS, -1);
   BlockEpi be;
   load_super_epi(e, a.x_zp, c0, lw, &be);
   BlockEpiS bs;
@@ -686,12 +703,16 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
   for (int v = 0; v < 4; ++v) tail.m[v] = mask16(tail_bytes - 16 * v);
   const __mmask64 all = ~__mmask64(0), tail_mask = (__mmask64(1) << tail_bytes) - 1;
   const int64_t cstep = SH ? S : P;  // built columns per output vector
-  for (int64_t r = r0; r < r1; ++r) {
+  __m512i w_next[12];  // taps (0, w0, w1, w2): the second row of a pair
+  for (int i = 0; i < 12; ++i) w_next[i] = _mm512_slli_epi32(_mm512_load_si512(w + i), 8);
+  const int64_t row_lines = (a.w * C + 63) / 64;
+  for (int64_t r = r0; r < r1;) {
     const int64_t n = r / j.oh, y = r % j.oh;
-    const uint8_t* q[3];
-    for (int k = 0; k < 3; ++k) {
-      const int64_t ih = y * S - p.pad_h + k, slot = ih % 3;
-      q[k] = pad.data() + (ih >= 0 && ih < a.h ? slot : 3) * len;
+    const bool pair = S == 1 && r + 1 < r1 && y + 1 < j.oh;
+    const uint8_t* q[4];
+    for (int k = 0; k < 3 + pair; ++k) {
+      const int64_t ih = y * S - p.pad_h + k, slot = ih % NS;
+      q[k] = pad.data() + (ih >= 0 && ih < a.h ? slot : NS) * len;
       if (ih < 0 || ih >= a.h || held[slot] == n * a.h + ih) continue;
       const uint8_t* src = dw_tap(j, n, ih, 0) + c0;
       uint8_t* row = pad.data() + slot * len;
@@ -709,17 +730,19 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
       }
       held[slot] = n * a.h + ih;
     }
-    // Stride 1: the input row the next output row adds, fetched line by line while this
-    // row's columns are built. With cold caches its copy otherwise waits on L3 (dw32@112
-    // in rotation with the peers, batch 1 and 8: 1.07-1.15x); at stride 2 it cost 3-7%.
-    // Contiguous rows only (gap 0).
-    const int64_t ih_next = y + 3 - p.pad_h;  // rows y+1-pad .. y+3-pad are next
-    const bool fetch = S == 1 && gap == 0 && r + 1 < r1 && y + 1 < j.oh && ih_next >= 0 &&
-                       ih_next < a.h;
-    const uint8_t* next = fetch ? dw_tap(j, n, ih_next, 0) : nullptr;
-    const int64_t row_lines = (a.w * C + 63) / 64;
+    if (!pair) q[3] = pad.data() + NS * len;  // read with a zero tap
+    // Stride 1: the two input rows the next step adds, fetched line by line while this
+    // step's columns are built. With cold caches their copy otherwise waits on L3
+    // (dw32@112 in rotation with the peers, batch 1 and 8: 1.07-1.15x); at stride 2 it
+    // cost 3-7%. Contiguous rows only (gap 0).
+    const int64_t step = pair ? 2 : 1, ih_next = y + 2 + step - p.pad_h;
+    const bool fetch = S == 1 && gap == 0 && r + step < r1 && y + step < j.oh;
+    const uint8_t* next[2] = {};
+    for (int k = 0; k < 2; ++k)
+      if (fetch && ih_next + k >= 0 && ih_next + k < a.h) next[k] = dw_tap(j, n, ih_next + k, 0);
     auto fetch_next = [&](int64_t line) {
-      if (next && line < row_lines) _mm_prefetch(next + line * 64, _MM_HINT_T0);
+      for (int k = 0; k < 2; ++k)
+        if (next[k] && line < row_lines) _mm_prefetch(next[k] + line * 64, _MM_HINT_T0);
     };
     if constexpr (S == 2) {  // even window X at cols[2X], odd window X at cols[2X + 1]
       for (int64_t m = 0; m <= 2 * nx; ++m) {
@@ -729,27 +752,32 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
     } else if constexpr (SH > 0) {
       for (int64_t x = 0; x <= nx; ++x) {  // windows at padded columns P*x
         fetch_next(x);
-        build_col<true>(q[0] + x * 64, q[1] + x * 64, q[2] + x * 64, all, cols + x * 4);
+        build_col4(q[0] + x * 64, q[1] + x * 64, q[2] + x * 64, q[3] + x * 64, cols + x * 4);
       }
     } else {
       for (int64_t cc = 0; cc < P * (nx - 1) + 3; ++cc) {
         if ((cc & (P - 1)) == 0) fetch_next(cc / P);
         if ((cc & (P - 1)) < 3)  // columns P*x + kw only (P is a power of 2: no division)
-          build_col<true>(q[0] + cc * lw, q[1] + cc * lw, q[2] + cc * lw, all, cols + cc * 4);
+          build_col4(q[0] + cc * lw, q[1] + cc * lw, q[2] + cc * lw, q[3] + cc * lw,
+                     cols + cc * 4);
       }
     }
-    // Output vector x starts at row_off + x * vstep.
-    const int64_t row_off = r * j.ow * C + c0, vstep = P * C;
-    int64_t x = 0;
-    for (; x + kPx <= full; x += kPx)
-      pixels3<kPx, SH, S, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all,
+    for (int64_t k = 0; k < step; ++k) {
+      const __m512i* wk = k ? w_next : w;
+      // Output vector x starts at row_off + x * vstep.
+      const int64_t row_off = (r + k) * j.ow * C + c0, vstep = P * C;
+      int64_t x = 0;
+      for (; x + kPx <= full; x += kPx)
+        pixels3<kPx, SH, S, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, wk, all,
+                                       row_off + x * vstep, vstep, lw, gap);
+      for (; x < full; ++x)
+        pixels3<1, SH, S, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, wk, all,
                                      row_off + x * vstep, vstep, lw, gap);
-    for (; x < full; ++x)
-      pixels3<1, SH, S, OUT, RELU>(e, be, bs, cols + x * cstep * 4, P, w, all,
-                                   row_off + x * vstep, vstep, lw, gap);
-    if (tail_bytes)
-      pixels3<1, SH, S, OUT, RELU>(e, tail, bs, cols + x * cstep * 4, P, w, tail_mask,
-                                   row_off + x * vstep, vstep, lw, gap);
+      if (tail_bytes)
+        pixels3<1, SH, S, OUT, RELU>(e, tail, bs, cols + x * cstep * 4, P, wk, tail_mask,
+                                     row_off + x * vstep, vstep, lw, gap);
+    }
+    r += step;
   }
 }
 
