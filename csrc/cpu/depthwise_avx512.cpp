@@ -493,10 +493,13 @@ inline void build_col(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, _
 
 // build_col with a fourth row in the dwords' last byte: output row y reads it with taps
 // (w0, w1, w2, 0), row y + 1 with taps (0, w0, w1, w2), so one build serves two rows.
+template <bool FULL = true>
 inline void build_col4(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
-                       const uint8_t* r3, __m512i* dst) {
-  const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
-  const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3);
+                       const uint8_t* r3, __m512i* dst, __mmask64 lmask = ~__mmask64(0)) {
+  const __m512i a = FULL ? _mm512_loadu_si512(r0) : _mm512_maskz_loadu_epi8(lmask, r0);
+  const __m512i b = FULL ? _mm512_loadu_si512(r1) : _mm512_maskz_loadu_epi8(lmask, r1);
+  const __m512i c = FULL ? _mm512_loadu_si512(r2) : _mm512_maskz_loadu_epi8(lmask, r2);
+  const __m512i d = FULL ? _mm512_loadu_si512(r3) : _mm512_maskz_loadu_epi8(lmask, r3);
   const __m512i ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b);
   const __m512i cdlo = _mm512_unpacklo_epi8(c, d), cdhi = _mm512_unpackhi_epi8(c, d);
   _mm512_store_si512(dst + 0, _mm512_unpacklo_epi16(ablo, cdlo));
@@ -599,9 +602,10 @@ __attribute__((noinline)) void pixels3(const GemmArgs& e, const BlockEpi& be,
 constexpr int64_t kMaxCols = 64;
 
 // One output row, one block: builds the s * (ow - 1) + 3 columns the row reads (stride s),
-// then the pixels, in chunks of at most kMaxCols columns (a multiple of kPx pixels).
+// then the pixels, in chunks of at most kMaxCols columns (a multiple of kPx pixels). With
+// pair (stride 1), rows r and r + 1 from the same columns (see build_col4).
 template <OutKind OUT, bool RELU>
-__attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
+__attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, bool pair, int64_t b,
                                           const __m512i* wpk, __m512i* cols) {
   const ConvArgs& a = *j.a;
   const ConvParams& p = a.wt.p;
@@ -614,9 +618,9 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
   load_block_epi(e, a.x_zp, c0, left, &be);
   BlockEpiS bs;
   if constexpr (OUT == OutKind::u8) scramble_epi(be, &bs);
-  const uint8_t* rp[3];
-  int64_t rs[3];
-  for (int k = 0; k < 3; ++k) {
+  const uint8_t* rp[4];
+  int64_t rs[4];
+  for (int k = 0; k < 4; ++k) {  // the fourth row is read with zero taps unless pair
     const int64_t ih = y * s - p.pad_h + k;
     const bool in = ih >= 0 && ih < a.h;
     rp[k] = in ? dw_tap(j, n, ih, 0) + c0 : j.zprow + c0;
@@ -624,6 +628,9 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
   }
   const uint8_t* zp = j.zprow + c0;
   const __m512i* w = wpk + b * 12;
+  __m512i w_next[12];  // taps (0, w0, w1, w2): row r + 1
+  if (pair)
+    for (int i = 0; i < 12; ++i) w_next[i] = _mm512_slli_epi32(_mm512_load_si512(w + i), 8);
   const int64_t row_off = r * j.ow * C + c0;
   const int64_t chunk =
       s * (j.ow - 1) + 3 <= kMaxCols ? j.ow : ((kMaxCols - 3) / s + 1) / kPx * kPx;
@@ -636,18 +643,29 @@ __attribute__((noinline)) void row_block3(const DwJob& j, int64_t r, int64_t b,
       const uint8_t* q1 = in ? rp[1] + ix * rs[1] : zp;
       const uint8_t* q2 = in ? rp[2] + ix * rs[2] : zp;
       __m512i* dst = cols + cc * 4;
-      if (left >= 64)
+      if (pair) {
+        const uint8_t* q3 = in ? rp[3] + ix * rs[3] : zp;
+        if (left >= 64)
+          build_col4<true>(q0, q1, q2, q3, dst);
+        else
+          build_col4<false>(q0, q1, q2, q3, dst, lmask);
+      } else if (left >= 64) {
         build_col<true>(q0, q1, q2, lmask, dst);
-      else
+      } else {
         build_col<false>(q0, q1, q2, lmask, dst);
+      }
     }
-    int64_t x = x0;
-    for (; x + kPx <= x1; x += kPx)
-      pixels3<kPx, 0, 1, OUT, RELU>(e, be, bs, cols + (x - x0) * s * 4, s, w, lmask,
-                                    row_off + x * C, C, 64, 0);
-    for (; x < x1; ++x)
-      pixels3<1, 0, 1, OUT, RELU>(e, be, bs, cols + (x - x0) * s * 4, s, w, lmask,
-                                  row_off + x * C, C, 64, 0);
+    for (int k = 0; k <= pair; ++k) {
+      const __m512i* wk = k ? w_next : w;
+      const int64_t off = row_off + k * j.ow * C;
+      int64_t x = x0;
+      for (; x + kPx <= x1; x += kPx)
+        pixels3<kPx, 0, 1, OUT, RELU>(e, be, bs, cols + (x - x0) * s * 4, s, wk, lmask,
+                                      off + x * C, C, 64, 0);
+      for (; x < x1; ++x)
+        pixels3<1, 0, 1, OUT, RELU>(e, be, bs, cols + (x - x0) * s * 4, s, wk, lmask,
+                                    off + x * C, C, 64, 0);
+    }
   }
 }
 
@@ -799,8 +817,11 @@ void rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t tail_w, co
   const __m512i* tail_wts = w + full * 12;
   for (int64_t c = r0; c < r1; c += kTailRows) {
     const int64_t ce = std::min(r1, c + kTailRows);
-    for (int64_t r = c; r < ce; ++r)
-      for (int64_t b = 0; b < full; ++b) row_block3<OUT, RELU>(j, r, b, w, cols);
+    for (int64_t r = c; r < ce;) {  // stride 1: two rows of one image at a time
+      const bool pair = S == 1 && r + 1 < ce && r % j.oh + 1 < j.oh;
+      for (int64_t b = 0; b < full; ++b) row_block3<OUT, RELU>(j, r, pair, b, w, cols);
+      r += pair ? 2 : 1;
+    }
     if constexpr (S == 1) {  // stride 2 has no narrow tail here (see built_columns_apply)
       if (tail_w == 32) super_rows3<8, S, OUT, RELU>(j, c, ce, 2, full * kDwBlock, tail_wts, cols);
       if (tail_w == 16) super_rows3<4, S, OUT, RELU>(j, c, ce, 4, full * kDwBlock, tail_wts, cols);
