@@ -443,6 +443,10 @@ RowBlockFn row_block_for(const GemmArgs& e) {
 // each input row in two phases, even padded columns then odd ones: the taps of P adjacent
 // output pixels become P adjacent pixels of one phase (kw = 0: even window X, kw = 1: odd
 // window X, kw = 2: even window X shifted by one pixel), as in the stride-1 case.
+//
+// At stride 1 the columns hold four rows, y-1 .. y+2, in place of the zero byte: output
+// row y reads them with taps (w0, w1, w2, 0), row y+1 with (0, w0, w1, w2), so each build
+// serves two output rows (see build_col4).
 
 // The 4x4 transpose of 128-bit chunks (an involution): scrambled <-> channel order.
 inline void xpose128(const __m512i* in, __m512i* out) {
