@@ -51,6 +51,13 @@ SHAPES = [
     (1, 6, 5, 16, 16, 3, 1, (2, 3), 1, 16),  # padding wider than 1
     (1, 4, 67, 8, 8, 3, 1, 1, 1, 8),      # C = 8: two 4-vector runs + 3 pixels
     (1, 4, 7, 8, 8, 3, 1, (0, 1), 1, 8),  # C = 8, output narrower than a vector
+    # depthwise 3x3 stride 1 goes two output rows per step (four-row columns); a row
+    # without a partner (an image's last, a thread's last) goes alone
+    (2, 5, 9, 32, 32, 3, 1, 1, 1, 32),    # odd rows per image, batch 2: pairs stop at images
+    (3, 1, 9, 64, 64, 3, 1, 1, 1, 64),    # one-row images: no pair at all
+    (2, 7, 10, 128, 128, 3, 1, 0, 1, 128),  # two blocks, no padding: 5 rows per image
+    (1, 2, 12, 8, 8, 3, 1, 1, 1, 8),      # C = 8, one pair
+    (1, 9, 7, 144, 144, 3, 1, 1, 1, 144),  # 128 + 16: pairs in both kernels, 9 rows
     # depthwise 3x3 stride 1 whose last block has 16 or 32 channels: that block goes
     # 64 / 16 or 64 / 32 pixels per vector, its pixels C bytes apart in memory
     (1, 7, 13, 80, 80, 3, 1, 1, 1, 80),   # 64 + 16: 3 full vectors + 1 pixel
