@@ -289,6 +289,10 @@ def test_static_conv_op_equals_the_conv_kernels(groups, stride, batch):
         sq.forward_quantized(q.numpy())
     with pytest.raises(ValueError, match="in_channels"):
         sq.forward_quantized(q.reshape(-1, 9, 7))
+    # out=(scale, zero point) that no uint8 output can have: never rounded or clamped
+    for bad in ((0.1, 3.5), (0.1, 256), (-1.0, 3), (float("nan"), 3), (1e-45, 3), (1e39, 3)):
+        with pytest.raises(ValueError, match="out"):
+            sq.forward_quantized(q, out=bad)
     with pytest.raises(ValueError, match="height and width must be >= 1"):
         sq.forward_quantized(torch.zeros(1, 8, 1, 0, dtype=torch.uint8))
     with pytest.raises(ValueError, match="in_channels"):

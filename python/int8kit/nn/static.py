@@ -48,10 +48,16 @@ def _quantize_fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Ten
 
 @functools.lru_cache(maxsize=1024)
 def _requant(scale: float, zero_point: float) -> tuple[float, int]:
-    if not (math.isfinite(scale) and scale > 0) or not 0 <= zero_point <= 255:
-        raise ValueError(f"out must be (scale > 0, zero_point in [0, 255]), got "
+    if (not (math.isfinite(scale) and scale > 0) or not 0 <= zero_point <= 255
+            or zero_point != int(zero_point)):
+        raise ValueError(f"out must be (scale > 0, integer zero_point in [0, 255]), got "
                          f"({scale}, {zero_point})")
-    return float(np.float32(1.0) / np.float32(scale)), int(zero_point)
+    with np.errstate(over="ignore", divide="ignore"):
+        inv = np.float32(1.0) / np.float32(scale)
+    if not (np.isfinite(inv) and inv > 0):
+        raise ValueError(f"out scale {scale} is outside float32's range (1/scale must be a "
+                         "finite float32 > 0)")
+    return float(inv), int(zero_point)
 
 
 def _check_out(out):
