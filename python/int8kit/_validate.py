@@ -103,3 +103,33 @@ def _scalar(value, name: str, target: np.dtype) -> np.ndarray:
     elif not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
         raise ValueError(f"{name} must be finite (in {target} range)")
     return np.array([value], dtype=target)
+
+
+def positive_scalar(v, name: str) -> float:
+    """A single finite value > 0 (Python or numpy number, or a one-element tensor)."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{name} must be a single value")
+        v = v.item()
+    v = float(v)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {v}")
+    return v
+
+
+def requant_params(scale, zero_point, what: str = "out") -> tuple[float, int]:
+    """A uint8 output's (1/scale, zero point) as the kernels take them, 1/scale rounded to
+    float32 as they compute it. The scale must be finite and > 0 with a float32 reciprocal
+    that is too (1e-42 and 1e39 are not); the zero point an integer in [0, 255]. Errors
+    name `what`_scale and `what`_zero_point."""
+    scale = positive_scalar(scale, f"{what}_scale")
+    with np.errstate(over="ignore", divide="ignore"):
+        inv = np.float32(1.0) / np.float32(scale)
+    if not (np.isfinite(inv) and inv > 0):
+        size = "small" if scale < 1 else "large"
+        raise ValueError(f"{what}_scale={scale} is too {size}: 1/{what}_scale must be a "
+                         "finite float32 > 0")
+    zp = int(per_index(zero_point, f"{what}_zero_point", 1, np.int32)[0])
+    if not 0 <= zp <= 255:
+        raise ValueError(f"{what}_zero_point must be in [0, 255], got {zero_point}")
+    return float(inv), zp

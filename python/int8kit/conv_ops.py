@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._validate import as_numpy, per_index
+from ._validate import as_numpy, per_index, positive_scalar, requant_params
 from .ops import _isa, _threads
 
 MAX_K: int = _C.MAX_K
@@ -132,17 +132,6 @@ def _zero_point(zp) -> int:
     return int(zp)
 
 
-def _positive(v, name: str) -> float:
-    if isinstance(v, torch.Tensor):
-        if v.numel() != 1:
-            raise ValueError(f"{name} must be a single value")
-        v = v.item()
-    v = float(v)
-    if not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {v}")
-    return v
-
-
 def _run(x, x_zero_point, packed, out_dtype, x_scale=1.0, w_scale=None, bias=None,
          relu=False, out_inv_scale=1.0, out_zero_point=0, threads=None, isa=None):
     buf = _buffer(packed)
@@ -159,7 +148,7 @@ def _run(x, x_zero_point, packed, out_dtype, x_scale=1.0, w_scale=None, bias=Non
         w_scale = per_index(w_scale, "w_scale", oc, np.float32)
         if np.any(w_scale <= 0):
             raise ValueError("w_scale must be > 0")
-        x_scale = _positive(x_scale, "x_scale")
+        x_scale = positive_scalar(x_scale, "x_scale")
         if bias is not None:
             bias = as_numpy(bias, "bias", np.float32, 1)
             if bias.shape[0] != oc:
@@ -184,11 +173,8 @@ def conv2d_f32(x, x_zero_point, x_scale, packed, w_scale, bias=None, *, relu=Fal
 def conv2d_u8(x, x_zero_point, x_scale, packed, w_scale, out_scale, out_zero_point,
               bias=None, *, relu=False, threads=None, isa=None):
     """uint8 [N, OH, OW, OC]: the float result requantized with out_scale, out_zero_point."""
-    out_scale = _positive(out_scale, "out_scale")
-    if isinstance(out_zero_point, bool) or not 0 <= int(out_zero_point) <= 255:
-        raise ValueError(f"out_zero_point must be in [0, 255], got {out_zero_point}")
-    return _run(x, x_zero_point, packed, np.uint8, x_scale, w_scale, bias, relu,
-                float(np.float32(1.0) / np.float32(out_scale)), int(out_zero_point),
+    inv, zp = requant_params(out_scale, out_zero_point)
+    return _run(x, x_zero_point, packed, np.uint8, x_scale, w_scale, bias, relu, inv, zp,
                 threads, isa)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._validate import as_numpy, per_index
+from ._validate import as_numpy, per_index, requant_params
 
 MAX_K: int = _C.MAX_K
 PANEL: int = _C.PANEL
@@ -217,16 +217,7 @@ def gemm_f32(a, a_zero_point, a_scale, packed, w_scale, bias=None, *, relu=False
 def gemm_u8(a, a_zero_point, a_scale, packed, w_scale, out_scale, out_zero_point, bias=None,
             *, relu=False, threads=None, isa=None):
     """uint8 [M, N]: the float result requantized with out_scale and out_zero_point, fused."""
-    out_scale = float(out_scale)
-    if not (np.isfinite(out_scale) and out_scale > 0):
-        raise ValueError(f"out_scale must be finite and > 0, got {out_scale}")
-    with np.errstate(over="ignore", divide="ignore"):
-        inv = np.float32(1.0) / np.float32(out_scale)
-    if not np.isfinite(inv):
-        raise ValueError(f"out_scale={out_scale} is too small: 1/out_scale overflows float32")
-    zp = per_index(out_zero_point, "out_zero_point", 1, np.int32)[0]
-    if not 0 <= zp <= 255:
-        raise ValueError(f"out_zero_point must be in [0, 255], got {out_zero_point}")
+    inv, zp = requant_params(out_scale, out_zero_point)
     return _run(a, a_zero_point, packed, np.uint8, a_scale, w_scale, bias, relu, inv, zp,
                 threads, isa)
 

@@ -26,6 +26,7 @@ from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, check_float_input, use_custom_op
 from .._custom_ops import linear_static
+from .._validate import requant_params
 from ._conv_op import conv2d_dynamic_np, conv2d_static, nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
@@ -48,16 +49,7 @@ def _quantize_fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Ten
 
 @functools.lru_cache(maxsize=1024)
 def _requant(scale: float, zero_point: float) -> tuple[float, int]:
-    if (not (math.isfinite(scale) and scale > 0) or not 0 <= zero_point <= 255
-            or zero_point != int(zero_point)):
-        raise ValueError(f"out must be (scale > 0, integer zero_point in [0, 255]), got "
-                         f"({scale}, {zero_point})")
-    with np.errstate(over="ignore", divide="ignore"):
-        inv = np.float32(1.0) / np.float32(scale)
-    if not (np.isfinite(inv) and inv > 0):
-        raise ValueError(f"out scale {scale} is outside float32's range (1/scale must be a "
-                         "finite float32 > 0)")
-    return float(inv), int(zero_point)
+    return requant_params(scale, zero_point)
 
 
 def _check_out(out):
@@ -66,7 +58,10 @@ def _check_out(out):
         return None
     scale, zp = out
     if type(scale) is not float or type(zp) is not int:  # (input_params() gives those)
-        scale, zp = (float(v.item() if isinstance(v, torch.Tensor) else v) for v in out)
+        scale, zp = (v.item() if isinstance(v, torch.Tensor) else v for v in out)
+        if isinstance(zp, (float, np.floating)) and float(zp).is_integer():
+            zp = int(zp)  # 9.0 from a float tensor is zero point 9; 3.5 is refused
+        scale = float(scale)
     return _requant(scale, zp)
 
 
