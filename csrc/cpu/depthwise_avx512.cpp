@@ -479,20 +479,28 @@ inline void scramble_epi(const BlockEpi& be, BlockEpiS* bs) {
   for (int v = 0; v < 4; ++v) bs->bias[v] = _mm512_castsi512_ps(u[v]);
 }
 
-// Builds the 4 interleaved vectors of one column from its 3 row pointers.
+// One row's 64 bytes of a column, bytes past lmask zero unless FULL.
+template <bool FULL>
+inline __m512i load_row(const uint8_t* r, __mmask64 lmask) {
+  return FULL ? _mm512_loadu_si512(r) : _mm512_maskz_loadu_epi8(lmask, r);
+}
+
+// The 4 vectors of one column: byte k of each dword from row k (a, b, c, d).
+inline void interleave_col(__m512i a, __m512i b, __m512i c, __m512i d, __m512i* dst) {
+  const __m512i ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b);
+  const __m512i cdlo = _mm512_unpacklo_epi8(c, d), cdhi = _mm512_unpackhi_epi8(c, d);
+  _mm512_store_si512(dst + 0, _mm512_unpacklo_epi16(ablo, cdlo));
+  _mm512_store_si512(dst + 1, _mm512_unpackhi_epi16(ablo, cdlo));
+  _mm512_store_si512(dst + 2, _mm512_unpacklo_epi16(abhi, cdhi));
+  _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, cdhi));
+}
+
+// Builds the 4 interleaved vectors of one column from its 3 row pointers and a zero byte.
 template <bool FULL>
 inline void build_col(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, __mmask64 lmask,
                       __m512i* dst) {
-  const __m512i a = FULL ? _mm512_loadu_si512(r0) : _mm512_maskz_loadu_epi8(lmask, r0);
-  const __m512i b = FULL ? _mm512_loadu_si512(r1) : _mm512_maskz_loadu_epi8(lmask, r1);
-  const __m512i c = FULL ? _mm512_loadu_si512(r2) : _mm512_maskz_loadu_epi8(lmask, r2);
-  const __m512i z = _mm512_setzero_si512();
-  const __m512i ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b);
-  const __m512i czlo = _mm512_unpacklo_epi8(c, z), czhi = _mm512_unpackhi_epi8(c, z);
-  _mm512_store_si512(dst + 0, _mm512_unpacklo_epi16(ablo, czlo));
-  _mm512_store_si512(dst + 1, _mm512_unpackhi_epi16(ablo, czlo));
-  _mm512_store_si512(dst + 2, _mm512_unpacklo_epi16(abhi, czhi));
-  _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, czhi));
+  interleave_col(load_row<FULL>(r0, lmask), load_row<FULL>(r1, lmask),
+                 load_row<FULL>(r2, lmask), _mm512_setzero_si512(), dst);
 }
 
 // build_col with a fourth row in the dwords' last byte: output row y reads it with taps
@@ -500,16 +508,8 @@ inline void build_col(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, _
 template <bool FULL = true>
 inline void build_col4(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
                        const uint8_t* r3, __m512i* dst, __mmask64 lmask = ~__mmask64(0)) {
-  const __m512i a = FULL ? _mm512_loadu_si512(r0) : _mm512_maskz_loadu_epi8(lmask, r0);
-  const __m512i b = FULL ? _mm512_loadu_si512(r1) : _mm512_maskz_loadu_epi8(lmask, r1);
-  const __m512i c = FULL ? _mm512_loadu_si512(r2) : _mm512_maskz_loadu_epi8(lmask, r2);
-  const __m512i d = FULL ? _mm512_loadu_si512(r3) : _mm512_maskz_loadu_epi8(lmask, r3);
-  const __m512i ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b);
-  const __m512i cdlo = _mm512_unpacklo_epi8(c, d), cdhi = _mm512_unpackhi_epi8(c, d);
-  _mm512_store_si512(dst + 0, _mm512_unpacklo_epi16(ablo, cdlo));
-  _mm512_store_si512(dst + 1, _mm512_unpackhi_epi16(ablo, cdlo));
-  _mm512_store_si512(dst + 2, _mm512_unpacklo_epi16(abhi, cdhi));
-  _mm512_store_si512(dst + 3, _mm512_unpackhi_epi16(abhi, cdhi));
+  interleave_col(load_row<FULL>(r0, lmask), load_row<FULL>(r1, lmask),
+                 load_row<FULL>(r2, lmask), load_row<FULL>(r3, lmask), dst);
 }
 
 // Lanes hold pixels of w channels each (w = 64 / pixels per vector); in the output, pixel q
