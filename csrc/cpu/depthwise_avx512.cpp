@@ -725,8 +725,9 @@ void super_rows3(const DwJob& j, int64_t r0, int64_t r1, int64_t P, int64_t c0,
   for (int v = 0; v < 4; ++v) tail.m[v] = mask16(tail_bytes - 16 * v);
   const __mmask64 all = ~__mmask64(0), tail_mask = (__mmask64(1) << tail_bytes) - 1;
   const int64_t cstep = SH ? S : P;  // built columns per output vector
-  __m512i w_next[12];  // taps (0, w0, w1, w2): the second row of a pair
-  for (int i = 0; i < 12; ++i) w_next[i] = _mm512_slli_epi32(_mm512_load_si512(w + i), 8);
+  __m512i w_next[12];  // taps (0, w0, w1, w2): the second row of a pair (stride 1)
+  if constexpr (S == 1)
+    for (int i = 0; i < 12; ++i) w_next[i] = _mm512_slli_epi32(_mm512_load_si512(w + i), 8);
   const int64_t row_lines = (a.w * C + 63) / 64;
   for (int64_t r = r0; r < r1;) {
     const int64_t n = r / j.oh, y = r % j.oh;

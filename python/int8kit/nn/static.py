@@ -17,7 +17,6 @@ compute the same values bit for bit (see static.QuantSequential).
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ def _quantize_fixed(x: torch.Tensor, scale: float, zero_point: int) -> torch.Ten
 
 
 @functools.lru_cache(maxsize=1024)
-def _requant(scale: float, zero_point: float) -> tuple[float, int]:
+def _requant(scale: float, zero_point) -> tuple[float, int]:
     return requant_params(scale, zero_point)
 
 
