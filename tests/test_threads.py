@@ -5,6 +5,7 @@ multiply-adds, columns in units of 48 and rows in units of 8; activation quantiz
 least 2^16 elements per thread): one shape splits columns, one splits rows.
 """
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -199,3 +200,41 @@ def test_own_pool_and_torch_openmp_team_give_identical_results(ref):
     assert outs[None]["threading"] in ("openmp (shared with torch)", "int8kit pool")
     assert outs["own"]["s32"] == outs[None]["s32"]
     assert outs["own"]["q"] == outs[None]["q"]
+
+
+_TEAM_CHILD = """
+import json, os, numpy as np, torch, int8kit
+from int8kit import ops
+torch.set_num_threads(4)
+rng = np.random.default_rng(7)
+a = rng.integers(0, 256, (256, 1024), dtype=np.uint8)
+p = ops.pack_weight(rng.integers(-128, 128, (96, 1024), dtype=np.int8))
+x = rng.normal(0, 1, (300, 1027)).astype(np.float32)
+tasks = lambda: set(os.listdir("/proc/self/task"))
+torch.randn(512, 512) @ torch.randn(512, 512)  # torch's team of 4
+ops.gemm_s32(a, 5, p)
+before, seen = tasks(), set()
+for _ in range(20):
+    ops.quantize_dynamic_u8(x, threads=2)  # a 2-thread region ...
+    seen |= tasks()
+    ops.gemm_s32(a, 5, p)  # ... then a 4-thread one
+    seen |= tasks()
+print(json.dumps({"threading": int8kit.cpu_info()["threading"],
+                  "new_threads": len(seen - before)}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_smaller_regions_keep_torchs_openmp_team(ref):
+    """libgomp ends the threads a smaller team leaves out and starts new ones for the next
+    bigger team (each a pthread_create: on 16 cores QuantLinear, a 6-thread quantize then a
+    16-thread GEMM, ran 3x slower for it). Every region asks for torch's whole team, so
+    alternating small and big regions start no thread."""
+    import json
+
+    proc = ref.run_python(_TEAM_CHILD, {})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out["threading"] != "openmp (shared with torch)":
+        pytest.skip("torch's OpenMP runtime is not loaded")
+    assert out["new_threads"] == 0
