@@ -77,3 +77,26 @@ def test_depthwise_banded_repeat_calls(rng, path):
     shape = DEPTHWISE[1]
     for _ in range(3):
         _run_all(rng, path, shape)
+
+
+# (n, h, w, in, out, k, stride, padding, dilation, groups): few output rows and few column
+# units, so that many threads get row tiles cut finer than the cache-sized ones.
+FEW_ROWS = [
+    (1, 20, 20, 64, 64, 3, 1, 1, 1, 1),  # 400 rows, one 64-column unit
+    (2, 7, 7, 256, 512, 3, 1, 1, 1, 1),  # 98 rows, 512 columns
+    (1, 9, 13, 64, 96, 3, 1, 1, 1, 2),  # two groups, 117 rows
+    (3, 5, 6, 40, 70, (3, 2), 2, 1, 1, 1),  # im2col (K not a multiple of 4), 36 rows
+]
+
+
+@pytest.mark.parametrize("shape", FEW_ROWS)
+def test_few_rows_split_over_many_threads(rng, path, shape):
+    n, h, w_, c, oc, k, stride, padding, dilation, groups = shape
+    kh, kw = (k, k) if isinstance(k, int) else k
+    q = rng.integers(0, 256, (n, h, w_, c), dtype=np.uint8)
+    w = rng.integers(-128, 128, (oc, c // groups, kh, kw), dtype=np.int8)
+    packed = co.pack_conv_weight(w, stride, padding, dilation, groups)
+    want = co.conv2d_reference(q, 131, w, stride, padding, dilation, groups)
+    for threads in (1, 3, 8, 16):
+        got = co.conv2d_s32(q, 131, packed, threads=threads, isa=path)
+        np.testing.assert_array_equal(got, want)

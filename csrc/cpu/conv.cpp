@@ -156,16 +156,21 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
 
   const int64_t macs = M * k * p.out_channels;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(nthreads, macs / kMinMacsPerThread));
-  // Row tiles: cache-sized im2col buffers, a multiple of nt of them when there are enough
-  // rows; with few rows, each tile's columns are split instead.
-  const int64_t mt0 = direct || implicit ? 512 : std::clamp<int64_t>(kIm2colTileBytes / ldb / 8 * 8, 8, 1024);
-  int64_t tiles = ceil_div(M, mt0);
-  if (tiles * G >= nt) tiles = round_up(tiles * G, nt) / G;
-  const int64_t mt = strided ? ow : round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
-  tiles = ceil_div(M, mt);
   const detail::KernelTable& kt = detail::kernels_for(isa);
   const int64_t unit_panels = kt.tile_panels ? kt.tile_panels(views[0].n_panels) : kPanelsPerUnit;
   const int64_t n_units = ceil_div(views[0].n_panels, unit_panels);
+  // Row tiles: cache-sized im2col buffers, a multiple of nt of them when there are enough
+  // rows; with few rows, each tile's columns are split instead, and where that still
+  // leaves threads idle, the rows are cut finer too (16 threads, 512 channels @ 7x7,
+  // batch 8: one 392-row tile of 8 column units had kept half the threads idle).
+  const int64_t mt0 = direct || implicit ? 512 : std::clamp<int64_t>(kIm2colTileBytes / ldb / 8 * 8, 8, 1024);
+  int64_t tiles = ceil_div(M, mt0);
+  if (tiles * G >= nt)
+    tiles = round_up(tiles * G, nt) / G;
+  else if (tiles * G * n_units < nt)  // fewer units than threads: cut the rows finer
+    tiles = std::min(ceil_div(M, 8), ceil_div(nt, G * n_units));
+  const int64_t mt = strided ? ow : round_up(ceil_div(M, std::max<int64_t>(tiles, 1)), 8);
+  tiles = ceil_div(M, mt);
   const int64_t nsplit =
       tiles * G >= nt ? 1 : std::min<int64_t>(n_units, ceil_div(nt, tiles * G));
   const int64_t units = G * tiles * nsplit;
