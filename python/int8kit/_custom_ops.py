@@ -21,7 +21,12 @@ from . import _C
 def _numpy(x: torch.Tensor) -> np.ndarray:
     """A C-contiguous numpy view of a CPU tensor (detached: the kernels have no autograd);
     a copy only when x is not contiguous. Checked in numpy: cheaper than asking torch."""
-    a = (x.detach() if x.requires_grad else x).numpy()
+    try:
+        a = x.numpy()
+    except RuntimeError:  # requires grad (asking first costs more than this on every call)
+        if not x.requires_grad:  # e.g. nested: the callers' checks say what is wrong
+            raise TypeError("x has no numpy view") from None
+        a = x.detach().numpy()
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 

@@ -8,10 +8,8 @@ import numpy as np
 import torch
 
 
-# The dtypes as_numpy's fast path knows: numpy's and torch's for each.
+# The dtypes as_numpy's fast path knows.
 _NUMPY_DTYPE = {t: np.dtype(t) for t in (np.uint8, np.int8, np.int32, np.float32)}
-_TORCH_DTYPE = {np.uint8: torch.uint8, np.int8: torch.int8, np.int32: torch.int32,
-                np.float32: torch.float32}
 
 
 def as_numpy(x, name: str, dtype: np.dtype, ndim: int | None = None) -> np.ndarray:
@@ -21,13 +19,18 @@ def as_numpy(x, name: str, dtype: np.dtype, ndim: int | None = None) -> np.ndarr
     """
     # The common case first, in few Python steps (at M = 1 each costs about as much as the
     # GEMM): a plain CPU tensor or array that already has the dtype, rank and layout.
+    # numpy's view is checked, not torch's tensor: its attributes cost less to read. What
+    # numpy cannot view (another device, sparse, requires_grad) raises; the checks below
+    # then say what is wrong.
     t = type(x)
     if t is torch.Tensor:
-        if (x.dtype is _TORCH_DTYPE.get(dtype) and x.is_cpu and x.layout is torch.strided
-                and not x.requires_grad and (ndim is None or x.dim() == ndim)):
+        try:
             arr = x.numpy()
-            if arr.flags.c_contiguous:
-                return arr
+        except (TypeError, RuntimeError):
+            arr = None
+        if (arr is not None and arr.dtype is _NUMPY_DTYPE.get(dtype)
+                and (ndim is None or arr.ndim == ndim) and arr.flags.c_contiguous):
+            return arr
     elif t is np.ndarray:
         if (x.dtype is _NUMPY_DTYPE.get(dtype) and (ndim is None or x.ndim == ndim)
                 and x.flags.c_contiguous):
@@ -35,7 +38,7 @@ def as_numpy(x, name: str, dtype: np.dtype, ndim: int | None = None) -> np.ndarr
     if isinstance(x, torch.Tensor):
         if not x.is_cpu:
             raise ValueError(f"{name} must be a CPU tensor, got device {x.device}")
-        if x.layout != torch.strided:
+        if x.layout != torch.strided or x.is_nested:
             raise ValueError(f"{name} must be a dense (strided) tensor")
         if x.dtype == torch.bfloat16:
             raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got torch.bfloat16")

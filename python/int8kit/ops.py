@@ -185,17 +185,17 @@ def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=No
          relu=False, out_inv_scale=1.0, out_zero_point=0, threads=None, isa=None):
     buf = _packed_buffer(packed)
     arr, zp, is_torch = _activations(a, a_zero_point)
-    n = packed.out_features if isinstance(packed, PackedWeight) else _C.packed_info(buf)["n"]
-    out = _C.empty((arr.shape[0], n), out_dtype)
     # values (scales finite and > 0, bias finite) are checked by the kernel
     if a_scale is not None:
         a_scale = _as_kernel_param(a_scale, "a_scale", arr.shape[0], np.float32)
     if w_scale is not None:
+        n = packed.out_features if isinstance(packed, PackedWeight) else _C.packed_info(buf)["n"]
         w_scale = _as_kernel_param(w_scale, "w_scale", n, np.float32)
     if bias is not None:
         bias = as_numpy(bias, "bias", np.float32, 1)
-    _C.gemm(arr, zp, buf, out, a_scale, w_scale, bias, bool(relu), float(out_inv_scale),
-            int(out_zero_point), _threads(threads), _isa(isa))
+    # the kernel allocates the output [M, N] (out_dtype) and returns it
+    out = _C.gemm(arr, zp, buf, out_dtype, a_scale, w_scale, bias, bool(relu),
+                  float(out_inv_scale), int(out_zero_point), _threads(threads), _isa(isa))
     return torch.from_numpy(out) if is_torch else out
 
 

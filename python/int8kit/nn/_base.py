@@ -36,6 +36,8 @@ def check_float_input(x, name: str = "x") -> None:
     if x.layout is not torch.strided:
         raise ValueError(f"{name} must be a dense tensor, got layout {x.layout} "
                          "(call .to_dense() first)")
+    if x.is_nested:
+        raise ValueError(f"{name} must be a dense tensor, got a nested tensor")
 
 
 _is_compiling = torch.compiler.is_compiling  # (module attribute lookups cost when cold)
