@@ -304,6 +304,13 @@ def _setup(rng, ref, m=3, k=8, n=5):
     (lambda a: torch.from_numpy(a.T.copy()).t(), ValueError, ["a", "contiguous"]),
     (lambda a: a[:, :-1].copy(), ValueError, ["K=7", "K=8"]),
     (lambda a: np.concatenate([a, a], axis=1), ValueError, ["K=16", "K=8"]),
+    # torch tensors that numpy cannot view, or views of the wrong rank
+    (lambda a: torch.from_numpy(a).to("meta"), ValueError, ["a", "CPU", "meta"]),
+    (lambda a: torch.from_numpy(a).to_sparse(), ValueError, ["a", "dense"]),
+    (lambda a: torch.nested.nested_tensor([torch.from_numpy(a)]), ValueError, ["a", "dense"]),
+    (lambda a: torch.from_numpy(a[0]), ValueError, ["a", "2-D"]),
+    (lambda a: torch.from_numpy(a.view(np.int8)).view(torch.uint8)[:, ::2], ValueError,
+     ["a", "contiguous"]),
 ])
 def test_bad_activations(rng, ref, make_a, exc, words):
     a, p = _setup(rng, ref)

@@ -235,6 +235,8 @@ def test_bad_inputs_raise_clear_errors():
         ql(torch.empty(3, 8, device="meta"))
     with pytest.raises(ValueError, match="x must be a dense tensor"):
         ql(torch.randn(3, 8).to_sparse())
+    with pytest.raises(ValueError, match="x must be a dense tensor, got a nested tensor"):
+        ql(torch.nested.nested_tensor([torch.randn(2, 8), torch.randn(3, 8)]))
     x = torch.randn(3, 8)
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):

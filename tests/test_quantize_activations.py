@@ -262,6 +262,9 @@ def test_torch_in_torch_out(rng, ref):
     assert isinstance(q, torch.Tensor) and q.dtype == torch.uint8
     assert scale.dtype == torch.float32 and zp.dtype == torch.int32
     assert_matches_reference(ref, x, True, (q.numpy(), scale.numpy(), zp.numpy()))
+    # A tensor that requires grad has no direct numpy view: it is read detached.
+    q2, _, _ = ops.quantize_dynamic_u8(torch.from_numpy(x).requires_grad_())
+    assert torch.equal(q2, q)
 
 
 def test_input_is_not_modified(rng):
