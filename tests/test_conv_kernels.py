@@ -291,12 +291,16 @@ def test_bad_arguments_raise_naming_them():
         co.conv2d_f32(x, 0, 0.0, packed, np.ones(8, np.float32))
     with pytest.raises(ValueError, match="w_scale"):
         co.conv2d_f32(x, 0, 1.0, packed, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="w_scale must be a CPU tensor"):
+        co.conv2d_f32(x, 0, 1.0, packed, torch.ones(3, device="meta"))
     with pytest.raises(ValueError, match="bias"):
         co.conv2d_f32(x, 0, 1.0, packed, np.ones(8, np.float32), np.ones(3, np.float32))
     ws = np.ones(8, np.float32)
     for out_scale, out_zp, name in ((0.1, 3.5, "out_zero_point"), (0.1, 256, "out_zero_point"),
                                     (1e39, 3, "out_scale"), (1e-42, 3, "out_scale"),
-                                    (-1.0, 3, "out_scale")):
+                                    (-1.0, 3, "out_scale"), (None, 3, "out_scale"),
+                                    ("0.5", 3, "out_scale"), (np.ones(2), 3, "out_scale"),
+                                    (0.1, [3, 4], "out_zero_point")):
         with pytest.raises((TypeError, ValueError), match=name):  # never rounded or clamped
             co.conv2d_u8(x, 0, 1.0, packed, ws, out_scale, out_zp)
     with pytest.raises(ValueError, match="smaller than"):

@@ -293,6 +293,20 @@ def test_static_conv_op_equals_the_conv_kernels(groups, stride, batch):
     for bad in ((0.1, 3.5), (0.1, 256), (-1.0, 3), (float("nan"), 3), (1e-45, 3), (1e39, 3)):
         with pytest.raises((TypeError, ValueError), match="out_"):
             sq.forward_quantized(q, out=bad)
+    # ... or that is not a single number: each error names the part of out= at fault
+    for bad, name in (((None, 3), "out_scale must be a number"),
+                      ((np.array([0.1, 0.2]), 3), "out_scale must be a single value"),
+                      (([0.1], 3), "out_scale must be a number"), (("0.1", 3), "out_scale"),
+                      ((0.1, np.array([1, 2])), "out_zero_point must be a single value"),
+                      ((0.1, [3, 4]), "out_zero_point must be a single value"),
+                      ((0.1, True), "out_zero_point must be a number"),
+                      ((0.1,), "out must be a pair"), (0.1, "out must be a pair")):
+        with pytest.raises((TypeError, ValueError), match=name):
+            sq.forward_quantized(q, out=bad)
+    want = sq.forward_quantized(q, out=(0.1, 3))
+    for same in ((np.float32(0.1), np.int64(3)), (torch.tensor([0.1]), torch.tensor(3)),
+                 (np.array([0.1]), 3.0), [0.1, 3], (0.1, [3])):
+        assert torch.equal(sq.forward_quantized(q, out=same), want)
     with pytest.raises(ValueError, match="height and width must be >= 1"):
         sq.forward_quantized(torch.zeros(1, 8, 1, 0, dtype=torch.uint8))
     with pytest.raises(ValueError, match="in_channels"):

@@ -68,12 +68,18 @@ def per_index(value, name: str, n: int, dtype) -> np.ndarray:
     if type(value) in (int, float):  # fast path for plain scalars (most calls)
         return _scalar(value, name, target)
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        if not value.is_cpu:
+            raise ValueError(f"{name} must be a CPU tensor, got device {value.device}")
+        try:
+            value = value.detach().numpy()
+        except (TypeError, RuntimeError) as e:  # sparse, bfloat16, ...
+            raise TypeError(f"{name}: {e}") from None
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1 or arr.shape[0] not in (1, n):
-        raise ValueError(f"{name} must be a scalar or 1-D of length 1 or {n}, got shape {arr.shape}")
+        what = "a single value" if n == 1 else f"a scalar or 1-D of length 1 or {n}"
+        raise ValueError(f"{name} must be {what}, got shape {arr.shape}")
     if target.kind == "i":
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
@@ -109,11 +115,13 @@ def _scalar(value, name: str, target: np.dtype) -> np.ndarray:
 
 
 def positive_scalar(v, name: str) -> float:
-    """A single finite value > 0 (Python or numpy number, or a one-element tensor)."""
-    if isinstance(v, torch.Tensor):
-        if v.numel() != 1:
-            raise ValueError(f"{name} must be a single value")
+    """A single finite value > 0 (Python or numpy number, or a one-element tensor/array)."""
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        if (v.numel() if isinstance(v, torch.Tensor) else v.size) != 1:
+            raise ValueError(f"{name} must be a single value, got shape {tuple(v.shape)}")
         v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     v = float(v)
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be finite and > 0, got {v}")

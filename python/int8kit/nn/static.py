@@ -25,7 +25,7 @@ from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, check_float_input, use_custom_op
 from .._custom_ops import linear_static
-from .._validate import requant_params
+from .._validate import positive_scalar, requant_params
 from ._conv_op import conv2d_dynamic_np, conv2d_static, nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
@@ -55,13 +55,17 @@ def _check_out(out):
     """out=(scale, zero_point) -> (1/scale as the kernels compute it, zero point)."""
     if out is None:
         return None
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"out must be a pair (scale, zero_point), got {out!r}")
     scale, zp = out
-    if type(scale) is not float or type(zp) is not int:  # (input_params() gives those)
-        scale, zp = (v.item() if isinstance(v, torch.Tensor) else v for v in out)
-        if isinstance(zp, (float, np.floating)) and float(zp).is_integer():
-            zp = int(zp)  # 9.0 from a float tensor is zero point 9; 3.5 is refused
-        scale = float(scale)
-    return _requant(scale, zp)
+    if type(scale) is float and type(zp) is int:  # what input_params() gives: cached
+        return _requant(scale, zp)
+    if ((isinstance(zp, torch.Tensor) and zp.numel() == 1)
+            or (isinstance(zp, np.ndarray) and zp.size == 1)):
+        zp = zp.item()
+    if isinstance(zp, (float, np.floating)) and float(zp).is_integer():
+        zp = int(zp)  # 9.0 from a float tensor is zero point 9; 3.5 is refused
+    return requant_params(scale, zp)
 
 
 class _StaticMixin:
