@@ -335,3 +335,33 @@ def test_dtype_casts_keep_scales_and_bias_float32():
     assert ql.weight_scale.dtype == torch.float32 and ql.bias.dtype == torch.float32
     assert ql.qweight.dtype == torch.int8
     assert torch.equal(ql(x), expected)
+
+
+def test_replaced_buffers_are_read_not_stale_views():
+    """The modules keep numpy views of their buffers between calls; a buffer replaced in
+    any way (attribute, the buffer dict, load_state_dict, a static module's input
+    parameters) must be what the next call reads."""
+    from int8kit.nn.static import StaticQuantLinear
+
+    x = _x(4, 8)
+    ql = QuantLinear.from_float(_linear(8, 5))
+    other = QuantLinear.from_float(_linear(8, 5, seed=3))
+    ql(x)  # views made
+    ql.bias = other.bias.clone()
+    ql._buffers["weight_scale"] = other.weight_scale.clone()  # as torch.func does
+    expected = x @ (ql.qweight.float() * ql.weight_scale[:, None]).T + ql.bias
+    got = ql(x)
+    assert torch.allclose(got, expected, atol=0.05 * float(expected.abs().max()))
+    ql.load_state_dict(other.state_dict())  # a new packed weight
+    assert torch.equal(ql(x), other(x))
+    ql.bias.add_(1.0)  # in place: shows through the view
+    assert torch.allclose(ql(x), other(x) + 1.0, atol=1e-5)
+
+    sl = StaticQuantLinear.from_float(_linear(8, 5), torch.tensor([0.02]), torch.tensor([128]))
+    y = sl(x)
+    sl.set_input_qparams(0.05, 100)  # input_scale and zero point: buffers 4 and 5
+    fresh = StaticQuantLinear.from_float(_linear(8, 5), torch.tensor([0.05]), torch.tensor([100]))
+    assert torch.equal(sl(x), fresh(x)) and not torch.equal(sl(x), y)
+    sl.input_scale = torch.tensor([0.02])  # replaced, not copied into
+    sl.input_zero_point = torch.tensor([128], dtype=torch.int32)
+    assert torch.equal(sl(x), y)

@@ -40,7 +40,6 @@ class QuantConv2d(QuantModuleBase):
     """
 
     _float32_buffers = ("weight_scale", "bias")
-    _kernel_buffers = ("packed", "weight_scale", "bias")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",

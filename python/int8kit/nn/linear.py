@@ -79,9 +79,6 @@ class QuantLinear(QuantModuleBase):
         what state_dict() saves under "qweight"."""
         return self._unpack()
 
-    # Buffers the kernels read, in the order _kernel_views returns them.
-    _kernel_buffers = ("packed", "weight_scale", "bias")
-
     @classmethod
     def from_float(cls, linear: nn.Linear, *, weight: str = "per_channel",
                    activation: str = "per_row", threads: int | None = None) -> "QuantLinear":
