@@ -55,10 +55,11 @@ py::dict cpu_info() {
 
 // out: a numpy array to write, or a dtype (int32, float32, uint8) for a new aligned array
 // (allocated here: a separate call to make it costs ~1 us of a ~6 us GEMV). Returns out.
-py::array gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj, const py::handle& packed_obj,
-             const py::handle& out_obj, const py::handle& a_scale_obj,
-             const py::handle& w_scale_obj, const py::handle& bias_obj, bool relu,
-             float out_inv_scale, int32_t out_zp, int nthreads, const std::string& isa) {
+py::array gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj,
+                  const py::handle& packed_obj, const py::handle& out_obj,
+                  const py::handle& a_scale_obj, const py::handle& w_scale_obj,
+                  const py::handle& bias_obj, bool relu, float out_inv_scale, int32_t out_zp,
+                  int nthreads, const std::string& isa) {
   GemmArgs g;
   g.B = view_of(packed_obj);
   auto a = checked<uint8_t>(a_obj, "a", 2);

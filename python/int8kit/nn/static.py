@@ -25,7 +25,7 @@ from .. import _C
 from ..qparams import choose_qparams, quantize
 from ._base import NotConvertibleError, check_float_input, use_custom_op
 from .._custom_ops import linear_static
-from .._validate import positive_scalar, requant_params
+from .._validate import requant_params
 from ._conv_op import conv2d_dynamic_np, conv2d_static, nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
