@@ -151,6 +151,22 @@ def test_time_groups_keeps_each_group_in_its_own_rotation():
     assert "b" not in calls[first_float:] and "f" not in calls[:first_float]
 
 
+@pytest.mark.skipif("avx512_vnni" not in int8kit.cpu_info()["supported_paths"],
+                    reason="the peak loop needs AVX-512 VNNI")
+def test_peak_probe_is_timed_in_the_rotation_and_sized_to_the_kernel():
+    from int8kit.bench import _harness as H
+    assert H.peak_probe(1, 1e9, None) is None  # no standalone peak: no probe
+    small, big = H.peak_probe(1, 1e3, 7e11), H.peak_probe(2, 1e13, 7e11)
+    assert small.iters == 10_000 and big.iters == 500_000  # 20 us .. 1 ms of the loop
+    assert H.peak_probe(1, 2 * 1536 * 50_000, 7e11).iters == 100_000  # as long as the kernel
+    out = H.time_groups({"k": lambda: None, "vnni_peak": small}, {"int8": ["k", "vnni_peak"]},
+                        rounds=6, warmup_s=0, min_warmup_calls=1)
+    assert out["int8"]["vnni_peak"].rounds == 6
+    assert len(small.rates) >= 6 and all(r > 0 for r in small.rates)
+    small.rates[:] = [7e11, 6e11, 8.6e11, 7.1e11]  # a burst does not set the yardstick
+    assert small.ops_per_s() == 7.05e11
+
+
 def test_transformer_section_quick():
     from int8kit.bench import models
     prog = Recorder()

@@ -10,6 +10,8 @@
   of rounds is chosen from the warm-up unless given.
 - ``time_groups``: int8 contenders and float32 contenders timed in separate rotations.
 - ``measure_vnni_peak``: the machine's int8 VNNI peak for a thread count (max of a few runs).
+- ``PeakProbe`` / ``peak_probe``: the peak loop as a contender, so that "% of peak" divides
+  by its median rate inside the same rotation as the kernels.
 - ``format_table``, ``write_json``, ``machine_info``, ``parse_int_list``, ``parse_shapes``.
 
 Nothing here knows about a particular operator; ``bench_gemm.py`` (and later
@@ -231,6 +233,39 @@ def measure_vnni_peak(threads: int, repeats: int = 5, iters: int | None = None) 
     best = max(runs + [_BEST_PEAK.get(threads, 0.0)])
     _BEST_PEAK[threads] = best
     return {"threads": threads, "ops_per_s": best, "runs": runs}
+
+
+class PeakProbe:
+    """The VNNI peak loop as one more contender in a rotation: "% of peak" then divides by
+    the median peak under the same clocks and neighbours as the kernels. A peak measured
+    alone catches another moment: on this shared VM the best of several runs read 865
+    Gop/s in a run where the loop's median inside the rotations was ~720.
+
+    ``ops_hint``: the kernel's op count; the loop then lasts about as long as the kernel,
+    between ~20 us (timer noise) and ~1 ms (a long probe would slow big rotations)."""
+
+    OPS_PER_ITER = 12 * 64 * 2  # one iteration of the C++ loop: 12 vpdpbusd, per thread
+
+    def __init__(self, threads: int, ops_hint: float):
+        from int8kit import ops
+
+        self._measure = ops.vnni_peak_ops_per_second
+        self.threads = threads
+        per_iter = self.OPS_PER_ITER * threads
+        self.iters = int(min(max(ops_hint / per_iter, 10_000), 500_000))
+        self.rates: list[float] = []
+
+    def __call__(self) -> None:
+        self.rates.append(float(self._measure(self.threads, self.iters)))
+
+    def ops_per_s(self) -> float | None:
+        """Median rate of the calls so far (warm-up included: a few of many)."""
+        return statistics.median(self.rates) if self.rates else None
+
+
+def peak_probe(threads: int, ops_hint: float, standalone_peak: float | None):
+    """A PeakProbe, or None where the peak cannot be measured (standalone_peak None)."""
+    return PeakProbe(threads, ops_hint) if standalone_peak else None
 
 
 # ----------------------------------------------------------------------------- output

@@ -76,9 +76,10 @@ MODES = {
 # themselves, the float-in/float-out int8 contenders among themselves (their quantize and
 # dequantize passes are float work, which slows the int8 kernels after them: r18_64@56
 # batch 8, every op 3% slower beside them), and float32 beside int8kit, which gives the
-# speedups vs float32.
+# speedups vs float32. "vnni_peak" (a _harness.PeakProbe) gives "% of peak" its yardstick
+# in the ops' rotation.
 FLOATS = ("f32", "f32_cl")
-GROUPS = {"op": ["int8kit_op", "ao_x86_op", "ao_fbgemm_op", "ort_op"],
+GROUPS = {"op": ["int8kit_op", "ao_x86_op", "ao_fbgemm_op", "ort_op", "vnni_peak"],
           "e2e": ["int8kit_cl", "int8kit", "ao_x86_e2e", "ao_fbgemm_e2e", "ort_e2e"],
           "float": ["f32", "f32_cl", "int8kit_op", "int8kit_cl"]}
 
@@ -215,7 +216,11 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
                 for name in names:
                     for b in batches:
                         fns, nops = _contenders(name, b, t)
+                        probe = H.peak_probe(t, nops, peaks[t])
+                        if probe:
+                            fns["vnni_peak"] = probe
                         groups = H.time_groups(fns, GROUPS, target_s=target_s)
+                        pk = probe.ops_per_s() if probe else None
                         beside = groups["float"]
                         res = {**beside, **groups["op"], **groups["e2e"]}
                         for mode, (ours, peers) in MODES.items():
@@ -230,13 +235,9 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
                                 "median_s": med, "spread": {k: res[k].spread for k in keep},
                                 "beside_float": {ours: beside[ours].median_s},
                                 "gops": nops / med[ours] / 1e9,
+                                "peak_ops_per_s": pk,
+                                "peak_frac": nops / med[ours] / pk if pk else None,
                                 "speedup": speedup})
-        # Measured again at the end: the peak is a ceiling that noise only lowers, and a
-        # run at the start that a neighbour slowed would inflate every "% of peak".
-        peaks = {t: H.measure_vnni_peak(t, repeats=3)["ops_per_s"] for t in threads}
-        for r in rows:
-            pk = peaks[r["threads"]]
-            r["peak_frac"] = r["gops"] * 1e9 / pk if pk else None
     finally:
         torch.set_num_threads(prev)
     return {"machine": H.machine_info(), "vnni_peak_ops_per_s": peaks, "rows": rows,

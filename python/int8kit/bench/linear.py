@@ -59,8 +59,10 @@ LABELS = {
     "ort_dynamic": "ORT quantize_dynamic",
 }
 # Timed in two separate rotations (see _harness.time_groups): the int8 contenders among
-# themselves, and float32 beside int8kit, which gives the speedups vs float32.
-GROUPS = {"int8": ["int8kit", "int8kit_pt", "torch_ao_fbgemm", "torch_ao_x86", "ort_dynamic"],
+# themselves, and float32 beside int8kit, which gives the speedups vs float32. "vnni_peak"
+# (a _harness.PeakProbe) gives "% of peak" its yardstick in the same rotation.
+GROUPS = {"int8": ["int8kit", "int8kit_pt", "torch_ao_fbgemm", "torch_ao_x86", "ort_dynamic",
+                   "vnni_peak"],
           "float": ["torch_f32", "int8kit", "int8kit_pt"]}
 MAX_REL_ERR = 0.05  # an int8 result further than this from float32 is flagged
 
@@ -269,18 +271,21 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
                     errs = case.errors()
                     if errs["int8kit"] > MAX_REL_ERR:
                         mismatches.append(f"{m}x{k}x{n}: int8kit rel.err {errs['int8kit']:.3g}")
-                    groups = H.time_groups(case.fns, GROUPS, _time_fair, rounds=rounds,
+                    probe = H.peak_probe(t, 2 * m * k * n, peaks[t])
+                    fns = dict(case.fns, **({"vnni_peak": probe} if probe else {}))
+                    groups = H.time_groups(fns, GROUPS, _time_fair, rounds=rounds,
                                            target_s=target_s,
                                            warmup_s=0.02 if quick else 0.05)
                     beside = groups["float"]
                     timings = {**beside, **groups["int8"]}
+                    pk = probe.ops_per_s() if probe else None
                     cont = {}
                     for name in CONTENDERS:
                         if name in timings:
                             ops_s = 2 * m * k * n / timings[name].median_s
                             cont[name] = dict(timings[name].to_dict(), rel_err=errs[name],
                                               gflops=ops_s / 1e9,
-                                              frac_peak=ops_s / peaks[t] if peaks[t] else None)
+                                              frac_peak=ops_s / pk if pk else None)
                         else:
                             cont[name] = {"na": case.na.get(name, "not run")}
                     base = timings["int8kit"].median_s
@@ -289,6 +294,7 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
                     speedup["torch_f32"] = beside["torch_f32"].median_s / fbase
                     results.append({
                         "shape": [m, k, n], "threads": t, "contenders": cont,
+                        "peak_ops_per_s": pk,
                         "speedup": speedup,
                         "beside_float": {c: beside[c].median_s for c in GROUPS["int8"]
                                          if c in beside},
