@@ -73,6 +73,16 @@ def _spoil(rng: random.Random, args: dict) -> tuple[dict, str]:
     return {**args, name: v}, name
 
 
+def _one_output(rng, args: dict, s32, f32, u8):
+    """The int32, float or uint8 variant of a GEMM or conv, on args ordered as their
+    parameters: input, its zero point and scale, packed, w_scale, out_scale,
+    out_zero_point, bias."""
+    x, zp, scale, packed, w_scale, _, _, bias = args.values()
+    return rng.choice([lambda: s32(x, zp, packed),
+                       lambda: f32(x, zp, scale, packed, w_scale, bias),
+                       lambda: u8(**args)])
+
+
 def _gemm_call(rng, nrng):
     m, k, n = rng.choice([1, 2, 9]), rng.choice([1, 4, 7, 64]), rng.choice([1, 16, 50])
     args = dict(a=nrng.integers(0, 256, (m, k), dtype=np.uint8), a_zero_point=3, a_scale=0.01,
@@ -80,13 +90,7 @@ def _gemm_call(rng, nrng):
                 w_scale=np.full(n, 0.02, np.float32), out_scale=0.05, out_zero_point=128,
                 bias=np.zeros(n, np.float32))
     args, name = _spoil(rng, args)
-    kind = rng.choice(["s32", "f32", "u8"])
-    if kind == "s32":
-        return name, lambda: ops.gemm_s32(args["a"], args["a_zero_point"], args["packed"])
-    if kind == "f32":
-        return name, lambda: ops.gemm_f32(args["a"], args["a_zero_point"], args["a_scale"],
-                                          args["packed"], args["w_scale"], args["bias"])
-    return name, lambda: ops.gemm_u8(**args)
+    return name, _one_output(rng, args, ops.gemm_s32, ops.gemm_f32, ops.gemm_u8)
 
 
 def _conv_call(rng, nrng):
@@ -101,13 +105,7 @@ def _conv_call(rng, nrng):
                 w_scale=np.full(oc, 0.02, np.float32), out_scale=0.05, out_zero_point=100,
                 bias=np.zeros(oc, np.float32))
     args, name = _spoil(rng, args)
-    kind = rng.choice(["s32", "f32", "u8"])
-    if kind == "s32":
-        return name, lambda: co.conv2d_s32(args["x"], args["x_zero_point"], args["packed"])
-    if kind == "f32":
-        return name, lambda: co.conv2d_f32(args["x"], args["x_zero_point"], args["x_scale"],
-                                           args["packed"], args["w_scale"], args["bias"])
-    return name, lambda: co.conv2d_u8(**args)
+    return name, _one_output(rng, args, co.conv2d_s32, co.conv2d_f32, co.conv2d_u8)
 
 
 _MODULES = {}  # built once: from_float is not what this fuzzes
