@@ -193,6 +193,12 @@ def test_cli_bench_quick_json_on_the_end_to_end_sections(tmp_path, capsys):
     digits = d["sections"]["digits"]["details"]
     assert digits["accuracy"]["float32"] > 0.9 and digits["accuracy"]["int8kit"] > 0.9
     assert "digits CNN b=1" in capsys.readouterr().out
+    if "avx512_vnni" in int8kit.cpu_info()["supported_paths"]:
+        # "% of peak" divides by the peak loop timed inside each shape's own rotation
+        for r in d["sections"]["gemm"]["details"]["results"]:
+            s32 = r["contenders"]["int8kit_s32"]
+            assert r["peak_ops_per_s"] > 0
+            assert abs(s32["frac_peak"] - s32["gops"] * 1e9 / r["peak_ops_per_s"]) < 1e-9
 
 
 def test_conv_payload_layout_becomes_rows():
