@@ -293,6 +293,15 @@ def test_bad_arguments_raise_naming_them():
         co.conv2d_f32(x, 0, 1.0, packed, np.ones(3, np.float32))
     with pytest.raises(ValueError, match="w_scale must be a CPU tensor"):
         co.conv2d_f32(x, 0, 1.0, packed, torch.ones(3, device="meta"))
+    for bad_scale in (0.0, -1.0, np.nan, np.inf):  # values: the kernel checks them
+        ws_bad = np.ones(8, np.float32)
+        ws_bad[5] = bad_scale
+        with pytest.raises(ValueError, match="w_scale must be finite and > 0.*index 5"):
+            co.conv2d_f32(x, 0, 1.0, packed, ws_bad)
+    bias_bad = np.zeros(8, np.float32)
+    bias_bad[2] = np.nan
+    with pytest.raises(ValueError, match="bias must be finite.*index 2"):
+        co.conv2d_u8(x, 0, 1.0, packed, np.ones(8, np.float32), 0.1, 3, bias_bad)
     with pytest.raises(ValueError, match="bias"):
         co.conv2d_f32(x, 0, 1.0, packed, np.ones(8, np.float32), np.ones(3, np.float32))
     ws = np.ones(8, np.float32)

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "arg_checks.h"
 #include "conv_kernels.h"
 #include "conv_windows.h"
 #include "kernels.h"
@@ -68,6 +69,9 @@ void validate(const ConvArgs& a, int64_t* oh, int64_t* ow) {
     if (!(std::isfinite(a.x_scale) && a.x_scale > 0.f))
       throw std::invalid_argument("x_scale must be finite and > 0");
     if (a.w_scale == nullptr) throw std::invalid_argument("w_scale is null");
+    const int64_t oc = a.wt.p.out_channels;
+    detail::check_scales(a.w_scale, a.w_scale_stride == 0 ? 1 : oc, "w_scale");
+    if (a.bias != nullptr) detail::check_finite(a.bias, oc, "bias");
   }
   if (a.out == OutKind::u8 && !(std::isfinite(a.out_inv_scale) && a.out_inv_scale > 0.f))
     throw std::invalid_argument("output scale must be finite and > 0");

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "arg_checks.h"
 #include "kernels.h"
 #include "thread_pool.h"
 
@@ -26,22 +27,6 @@ constexpr int64_t kTilesPerThread = 16;
 // 64x768x3072 1.17x, 8x768x3072 1.0-1.2x).
 constexpr int64_t kColumnTilesPerThread = 4;
 
-// Scales must be finite and > 0, a bias finite: checked here, where it costs a pass over
-// M + 2N floats, rather than by several numpy reductions per call in Python.
-void check_scales(const float* s, int64_t n, const char* name) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!(std::isfinite(s[i]) && s[i] > 0.f))
-      throw std::invalid_argument(std::string(name) + " must be finite and > 0, got " +
-                                  std::to_string(s[i]) + " at index " + std::to_string(i));
-}
-
-void check_finite(const float* v, int64_t n, const char* name) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(v[i]))
-      throw std::invalid_argument(std::string(name) + " must be finite (it contains NaN or " +
-                                  "Inf at index " + std::to_string(i) + ")");
-}
-
 void validate(const GemmArgs& g) {
   if (g.M < 0) throw std::invalid_argument("M must be >= 0");
   if (g.B.weights == nullptr) throw std::invalid_argument("packed weight is empty");
@@ -61,9 +46,9 @@ void validate(const GemmArgs& g) {
   if (g.out != OutKind::s32) {
     if (g.a_scale == nullptr) throw std::invalid_argument("a_scale is null");
     if (g.w_scale == nullptr) throw std::invalid_argument("w_scale is null");
-    check_scales(g.a_scale, g.a_scale_stride == 0 ? 1 : g.M, "a_scale");
-    check_scales(g.w_scale, g.w_scale_stride == 0 ? 1 : g.B.n, "w_scale");
-    if (g.bias != nullptr) check_finite(g.bias, g.B.n, "bias");
+    detail::check_scales(g.a_scale, g.a_scale_stride == 0 ? 1 : g.M, "a_scale");
+    detail::check_scales(g.w_scale, g.w_scale_stride == 0 ? 1 : g.B.n, "w_scale");
+    if (g.bias != nullptr) detail::check_finite(g.bias, g.B.n, "bias");
   }
   if (g.out == OutKind::u8 && !(std::isfinite(g.out_inv_scale) && g.out_inv_scale > 0.f))
     throw std::invalid_argument("output scale must be finite and > 0");

@@ -50,8 +50,9 @@ void fill_args(ConvArgs& c, const ConvParams& p, const py::handle& x_obj, int32_
   c.h = x.shape(1);
   c.w = x.shape(2);
   if (x.shape(3) != p.in_channels)
-    throw py::value_error("x has " + std::to_string(x.shape(3)) + " channels, expected " +
-                          std::to_string(p.in_channels));
+    throw py::value_error("x must be NHWC with " + std::to_string(p.in_channels) +
+                          " channels in the last dimension, got " +
+                          std::to_string(x.shape(3)));
   c.x = x.data();
   c.x_zp = x_zp;
   int64_t oh, ow;
@@ -93,6 +94,14 @@ void fill_args(ConvArgs& c, const ConvParams& p, const py::handle& x_obj, int32_
   c.out_zp = out_zp;
 }
 
+// A new aligned NHWC output of dtype dt for the uint8 NHWC x (fill_args checks the rest).
+py::array new_output(const py::handle& x_obj, const ConvParams& p, const py::dtype& dt) {
+  auto x = checked<uint8_t>(x_obj, "x", 4);
+  int64_t oh, ow;
+  conv_output_size(p, x.shape(1), x.shape(2), &oh, &ow);
+  return bind::aligned_empty({x.shape(0), oh, ow, p.out_channels}, dt);
+}
+
 // The op of a statically quantized conv layer: uint8 NHWC x with the layer's calibrated
 // input parameters, into a new NHWC output (float32, or uint8 requantized when out_u8).
 // One call, so that a layer costs little Python beyond the kernel.
@@ -102,12 +111,9 @@ py::array conv2d_static_py(const py::handle& x_obj, const py::handle& packed,
                            bool out_u8, float out_inv_scale, int32_t out_zp, int nthreads) {
   ConvArgs c;
   c.wt = view_of(packed);
-  auto x = checked<uint8_t>(x_obj, "x", 4);
-  int64_t oh, ow;
-  conv_output_size(c.wt.p, x.shape(1), x.shape(2), &oh, &ow);
-  py::array y = bind::aligned_empty({x.shape(0), oh, ow, c.wt.p.out_channels},
-                                    out_u8 ? py::dtype::of<uint8_t>() : py::dtype::of<float>());
-  fill_args(c, c.wt.p, x, single<int32_t>(in_zp, "in_zero_point"), y,
+  py::array y = new_output(x_obj, c.wt.p,
+                           out_u8 ? py::dtype::of<uint8_t>() : py::dtype::of<float>());
+  fill_args(c, c.wt.p, x_obj, single<int32_t>(in_zp, "in_zero_point"), y,
             single<float>(in_scale, "in_scale"), w_scale, bias, relu, out_inv_scale, out_zp);
   {
     py::gil_scoped_release nogil;
@@ -160,16 +166,25 @@ void bind_conv(py::module_& m) {
       throw py::value_error("out must have shape [OC, IC/groups, KH, KW]");
     unpack_conv_weight(v, out.mutable_data());
   });
+  // out: a numpy array to write, or a dtype for a new one (made here: a separate call costs
+  // as much as a small conv). Returns out.
   m.def("conv2d", [](const py::handle& x, int32_t x_zp, const py::handle& packed,
-                     const py::handle& out, float x_scale, const py::handle& w_scale,
+                     const py::handle& out_obj, float x_scale, const py::handle& w_scale,
                      const py::handle& bias, bool relu, float out_inv_scale, int32_t out_zp,
                      int nthreads, const std::string& isa) {
     ConvArgs c;
     c.wt = view_of(packed);
+    const py::object out_arg = py::reinterpret_borrow<py::object>(out_obj);
+    py::array out = py::isinstance<py::array>(out_arg)
+                        ? py::reinterpret_borrow<py::array>(out_arg)
+                        : new_output(x, c.wt.p, py::dtype::from_args(out_arg));
     fill_args(c, c.wt.p, x, x_zp, out, x_scale, w_scale, bias, relu, out_inv_scale, out_zp);
     const Isa path = isa.empty() ? active_isa() : parse_isa(isa);
-    py::gil_scoped_release nogil;
-    conv2d_with_isa(c, nthreads, path);
+    {
+      py::gil_scoped_release nogil;
+      conv2d_with_isa(c, nthreads, path);
+    }
+    return out;
   });
   m.def("conv2d_static", &conv2d_static_py, py::arg("x"), py::arg("packed"),
         py::arg("w_scale"), py::arg("bias"), py::arg("in_scale"), py::arg("in_zero_point"),

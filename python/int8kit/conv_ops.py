@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._validate import as_numpy, per_index, positive_scalar, requant_params
+from ._validate import as_numpy, kernel_param, per_index, positive_scalar, requant_params
 from .ops import _isa, _threads
 
 MAX_K: int = _C.MAX_K
@@ -135,26 +135,19 @@ def _zero_point(zp) -> int:
 def _run(x, x_zero_point, packed, out_dtype, x_scale=1.0, w_scale=None, bias=None,
          relu=False, out_inv_scale=1.0, out_zero_point=0, threads=None, isa=None):
     buf = _buffer(packed)
-    info = _C.conv_packed_info(buf)
     is_torch = isinstance(x, torch.Tensor)
     arr = as_numpy(x, "x", np.uint8, 4)
-    if arr.shape[3] != info["in_channels"]:
-        raise ValueError(f"x must be NHWC with {info['in_channels']} channels in the last "
-                         f"dimension, got shape {tuple(arr.shape)}")
-    oh, ow = PackedConvWeight(torch.from_numpy(buf)).output_size(arr.shape[1], arr.shape[2])
-    oc = info["out_channels"]
-    out = _C.empty((arr.shape[0], oh, ow, oc), out_dtype)
+    # values (scales finite and > 0, bias finite), shapes and lengths: the kernel checks
     if out_dtype != np.int32:
-        w_scale = per_index(w_scale, "w_scale", oc, np.float32)
-        if np.any(w_scale <= 0):
-            raise ValueError("w_scale must be > 0")
+        w_scale = kernel_param(w_scale, "w_scale",
+                               lambda: _C.conv_packed_info(buf)["out_channels"], np.float32)
         x_scale = positive_scalar(x_scale, "x_scale")
         if bias is not None:
             bias = as_numpy(bias, "bias", np.float32, 1)
-            if bias.shape[0] != oc:
-                raise ValueError(f"bias must have length {oc}, got {bias.shape[0]}")
-    _C.conv2d(arr, _zero_point(x_zero_point), buf, out, float(x_scale), w_scale, bias,
-              bool(relu), float(out_inv_scale), int(out_zero_point), _threads(threads), _isa(isa))
+    # the kernel allocates the output [N, OH, OW, OC] (out_dtype) and returns it
+    out = _C.conv2d(arr, _zero_point(x_zero_point), buf, out_dtype, float(x_scale), w_scale,
+                    bias, bool(relu), float(out_inv_scale), int(out_zero_point),
+                    _threads(threads), _isa(isa))
     return torch.from_numpy(out) if is_torch else out
 
 

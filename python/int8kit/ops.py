@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._validate import as_numpy, per_index, requant_params
+from ._validate import as_numpy, kernel_param, per_index, requant_params
 
 MAX_K: int = _C.MAX_K
 PANEL: int = _C.PANEL
@@ -127,25 +127,6 @@ def _packed_buffer(packed) -> np.ndarray:
     return as_numpy(packed, "packed", np.uint8, 1)
 
 
-_NUMPY_OF = {np.int32: torch.int32, np.float32: torch.float32}
-
-
-def _as_kernel_param(value, name: str, n: int, dtype):
-    """A per-index parameter for the kernel. One that already has the kernel's dtype and
-    is 1-D and contiguous goes as it is, since the kernel checks its length and values
-    (range, finite, > 0); anything else is converted and checked here. Numpy reductions
-    cost several microseconds each when a big GEMM has just evicted the interpreter from
-    cache."""
-    if type(value) is np.ndarray:
-        if value.dtype == dtype and value.ndim == 1 and value.flags.c_contiguous:
-            return value
-    elif (type(value) is torch.Tensor and value.dtype is _NUMPY_OF[dtype] and value.dim() == 1
-          and value.is_cpu and value.layout is torch.strided and value.is_contiguous()
-          and not value.requires_grad):
-        return value.numpy()
-    return per_index(value, name, n, dtype)
-
-
 # One-element zero-point arrays for the kernel, made once per value (np.array costs about
 # half a microsecond, a tenth of a GEMV): read-only views of 0..255.
 _ZP_VALUES = np.arange(256, dtype=np.int32)
@@ -169,7 +150,7 @@ def _activations(a, a_zero_point):
             raise ValueError(f"a_zero_point must be in [{lo}, {hi}] for {arr.dtype} activations")
         zp = np.array([a_zero_point + (128 if signed else 0)], np.int32)
     elif not signed:  # the kernel checks the range
-        zp = _as_kernel_param(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
+        zp = kernel_param(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
     else:
         zp = per_index(a_zero_point, "a_zero_point", arr.shape[0], np.int32)
         if zp.size and (zp.min() < lo or zp.max() > hi):
@@ -187,10 +168,9 @@ def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=No
     arr, zp, is_torch = _activations(a, a_zero_point)
     # values (scales finite and > 0, bias finite) are checked by the kernel
     if a_scale is not None:
-        a_scale = _as_kernel_param(a_scale, "a_scale", arr.shape[0], np.float32)
+        a_scale = kernel_param(a_scale, "a_scale", arr.shape[0], np.float32)
     if w_scale is not None:
-        n = packed.out_features if isinstance(packed, PackedWeight) else _C.packed_info(buf)["n"]
-        w_scale = _as_kernel_param(w_scale, "w_scale", n, np.float32)
+        w_scale = kernel_param(w_scale, "w_scale", lambda: _C.packed_info(buf)["n"], np.float32)
     if bias is not None:
         bias = as_numpy(bias, "bias", np.float32, 1)
     # the kernel allocates the output [M, N] (out_dtype) and returns it
