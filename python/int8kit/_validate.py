@@ -118,6 +118,9 @@ def kernel_param(value, name: str, n, dtype) -> np.ndarray:
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Where float32 rounding overflows: from here up a float64 rounds to inf (2^128 - 2^103 is
+# the midpoint between the largest float32 and 2^128; ties go to the even 2^128).
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 def _scalar(value, name: str, target: np.dtype) -> np.ndarray:
@@ -155,16 +158,13 @@ def requant_params(scale, zero_point, what: str = "out") -> tuple[float, int]:
     scale = positive_scalar(scale, f"{what}_scale")
     # float32(1 / float32(scale)) in float64 rounds as float32's own division does (53 >=
     # 2 * 24 + 2 bits: double rounding is harmless), without numpy's errstate (~2 us).
-    s32 = float(np.float32(scale)) if scale <= _FLOAT32_MAX else math.inf
+    s32 = float(np.float32(scale)) if scale < _FLOAT32_OVERFLOW else math.inf
     inv = 1.0 / s32 if s32 > 0 else math.inf
-    if not 0 < inv <= _FLOAT32_MAX:
+    if not 0 < inv < _FLOAT32_OVERFLOW:
         size = "small" if scale < 1 else "large"
         raise ValueError(f"{what}_scale={scale} is too {size}: 1/{what}_scale must be a "
                          "finite float32 > 0")
     inv = float(np.float32(inv))
-    if not inv <= _FLOAT32_MAX:  # rounded up past the largest float32
-        raise ValueError(f"{what}_scale={scale} is too small: 1/{what}_scale must be a "
-                         "finite float32 > 0")
     zp = (zero_point if type(zero_point) is int else
           int(per_index(zero_point, f"{what}_zero_point", 1, np.int32)[0]))
     if not 0 <= zp <= 255:
