@@ -167,6 +167,26 @@ def test_peak_probe_is_timed_in_the_rotation_and_sized_to_the_kernel():
     assert small.ops_per_s() == 7.05e11
 
 
+@pytest.mark.skipif("avx2" not in int8kit.cpu_info()["supported_paths"],
+                    reason="the AVX2 path cannot run here")
+def test_avx2_path_is_timed_against_float32_capped_at_avx2():
+    from int8kit.bench import avx2_machine
+    got = avx2_machine.measure_in_child([(16, 40, 24)], [1], target_s=0.01, warmup_s=0.0)
+    assert got["env"]["MKL_ENABLE_INSTRUCTIONS"] == "AVX2", got
+    assert "rows" in got, got.get("error")
+    (row,) = got["rows"]
+    assert row["shape"] == [16, 40, 24] and row["threads"] == 1 and row["exact"] is True
+    assert row["avx2_vs_torch_f32"] == row["torch_f32_median_s"] / row["avx2_median_s"] > 0
+
+
+def test_avx2_machine_refuses_an_uncapped_process(monkeypatch, tmp_path, capsys):
+    from int8kit.bench import avx2_machine
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    out = tmp_path / "x.json"
+    assert avx2_machine.main(["--shapes", "8x8x8", "--json", str(out)]) == 2
+    assert "MKL_ENABLE_INSTRUCTIONS" in capsys.readouterr().err and not out.exists()
+
+
 def test_transformer_section_quick():
     from int8kit.bench import models
     prog = Recorder()

@@ -158,6 +158,23 @@ def test_large_k_extremes_do_not_overflow(path, k):
         assert got.min() == -2147483520 and got.max() == 2147483520
 
 
+@pytest.mark.parametrize("m,k,n", [(14, ops.MAX_K, 5), (4100, 64, 20), (700, 770, 33)])
+def test_tall_a_over_several_row_blocks(rng, ref, path, m, k, n):
+    """Enough rows for the kernels' row blocks (AVX2 widens A block by block: 6 rows at
+    K = MAX_K, ~4000 at K = 64) and row tails; extremes first, so saturation would show."""
+    a = ref.rand_u8(rng, (m, k), 0.5)
+    a[0::2, :] = 255
+    w = ref.rand_s8(rng, (n, k), 0.5)
+    w[0] = -128
+    w[1, ::2] = -128
+    zp = np.zeros(m, np.int32)
+    zp[1::4] = 255
+    p, expected = ops.pack_weight(w), ref.gemm_s32(a, zp, w)
+    for threads in (1, 2):  # one thread: all rows in one call, so in row blocks
+        got = ops.gemm_s32(a, zp, p, isa=path, threads=threads)
+        np.testing.assert_array_equal(got.astype(np.int64), expected, err_msg=f"{threads}")
+
+
 def test_large_k_random(rng, ref, path):
     k = ops.MAX_K
     m, n = 3, 8

@@ -106,7 +106,8 @@ namespace detail {
 const KernelTable& kernels_for(Isa isa) {
   static const KernelTable scalar{gemm_block_scalar, minmax_scalar, quantize_u8_scalar};
 #if INT8KIT_HAVE_X86_KERNELS
-  static const KernelTable avx2{gemm_block_avx2, minmax_avx2, quantize_u8_avx2};
+  static const KernelTable avx2{gemm_block_avx2, minmax_avx2, quantize_u8_avx2, nullptr,
+                                tile_rows_avx2, nullptr, kAvx2WidenRows};
   static const KernelTable avx_vnni{gemm_block_avxvnni, minmax_avx2, quantize_u8_avx2};
   static const KernelTable avx512{gemm_block_avx512vnni, minmax_avx512, quantize_u8_avx512,
                                   gemm_gather_block_avx512vnni, tile_rows_avx512vnni,

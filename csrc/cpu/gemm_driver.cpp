@@ -105,9 +105,12 @@ void gemm_with_isa(const GemmArgs& g, int nthreads, Isa isa) {
   const int64_t col_tile_bytes =
       (n_units + n_tiles - 1) / n_tiles * kPanelsPerUnit * g.B.panel_bytes();
   const int64_t want_rows = col_tile_bytes <= detail::kL2WeightBytes ? want : want_cols;
-  const int64_t m_tiles =
-      row_blocks > 1 ? std::min(m_units, row_blocks)
-                     : std::min(m_units, std::max<int64_t>(1, want_rows / n_tiles));
+  int64_t m_tiles = row_blocks > 1 ? std::min(m_units, row_blocks)
+                                    : std::min(m_units, std::max<int64_t>(1, want_rows / n_tiles));
+  // No shorter tiles than the kernel wants (AVX2, 2 threads, 32x768^2: 8-row tiles took its
+  // slower direct path).
+  if (kt.min_tile_rows > 0)
+    m_tiles = std::min(m_tiles, std::max<int64_t>(1, g.M / kt.min_tile_rows));
   // Row tiles over all columns (rows_first) start at multiples of the micro-kernel's rows
   // (6 for AVX-512's 6x4 tiles; a remainder would run as a narrow, slower micro-tile in
   // every tile) and are spread evenly, their sizes differing by one such unit at most (2

@@ -39,6 +39,9 @@ struct KernelTable {
   // Its panel count for such a tile: column splits in whole multiples of it keep every
   // part on full-width tiles, without a narrow tail; null: 3.
   int (*tile_panels)(int64_t panels) = nullptr;
+  // Rows a block needs for the kernel to run at its rate (AVX2 widens each panel once per
+  // block); the driver cuts no shorter row tiles where it can; 0: any.
+  int64_t min_tile_rows = 0;
 };
 
 void gemm_block_scalar(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
@@ -47,6 +50,9 @@ void quantize_u8_scalar(const float*, int64_t, float, int32_t, uint8_t*);
 
 #if INT8KIT_HAVE_X86_KERNELS
 void gemm_block_avx2(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
+int tile_rows_avx2(int64_t panels);
+// Below this many rows in a block, the AVX2 kernel takes its direct path (see gemm_avx2.cpp).
+constexpr int64_t kAvx2WidenRows = 12;
 void gemm_block_avxvnni(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
 MinMax minmax_avx2(const float*, int64_t);
 void quantize_u8_avx2(const float*, int64_t, float, int32_t, uint8_t*);

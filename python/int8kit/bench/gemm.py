@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from . import _harness as H
+from . import avx2_machine
 
 import int8kit
 from int8kit import ops
@@ -78,6 +79,8 @@ DEFAULT_TARGET_S = 0.3
 QUICK_TARGET_S = 0.1
 AVX2_TARGET = 2.0  # the issue's target: AVX2 path >= 2x float32 at M >= 32
 AVX2_TARGET_MIN_M = 32
+# Judged against float32 at AVX2 width (avx2_machine: what a CPU without AVX-512 runs).
+AVX2_TARGET_RATIO = "avx2_vs_torch_f32_at_avx2"
 
 
 # ----------------------------------------------------------------------------- contenders
@@ -306,8 +309,11 @@ def _footnotes(int_mm_padded: bool) -> list[str]:
         "float32 FMA peak is about 1/4 of the int8 VNNI peak, so torch f32 is shown against "
         "the int8 yardstick too.",
         "speedup column = contender median / int8kit s32 median (>1: int8kit s32 is faster). "
-        "avx2 vs f32 = torch f32 median / int8kit s32 [avx2] median; the issue's target is "
-        f">= {AVX2_TARGET:.0f}x at M >= {AVX2_TARGET_MIN_M}.",
+        "avx2/f32 = torch f32 median / int8kit s32 [avx2] median, with float32 at this CPU's "
+        "full width (AVX-512 here). avx2/f32@avx2: the same in a child process where MKL and "
+        "oneDNN are capped at AVX2 (MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2), "
+        "as a CPU without AVX-512 runs float32; the AVX2 path is for such CPUs, so the "
+        f"issue's target (>= {AVX2_TARGET:.0f}x at M >= {AVX2_TARGET_MIN_M}) is judged there.",
         "int8kit inputs are already-quantized uint8 activations and weights prepacked once; "
         "activation quantization is not timed here (see bench_linear). int8kit allocates its "
         "output on every call. threads= is passed explicitly; torch.set_num_threads(threads) "
@@ -442,6 +448,8 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
                 gc.collect()
     finally:
         torch.set_num_threads(prev_threads)
+    avx2_at_avx2 = _avx2_machine(results, shape_list, thread_list, target_s, warmup_s, seed,
+                                 mismatches, log)
 
     footnotes = _footnotes(any_padded)
     payload = {
@@ -454,6 +462,7 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
         "machine": machine,
         "loadavg_end": H.loadavg(),
         "peak": {str(t): v for t, v in peaks.items()},
+        "avx2_machine": avx2_at_avx2,
         "contenders": {c: LABELS[c] for c in CONTENDERS},
         "results": results,
         "mismatches": mismatches,
@@ -466,6 +475,28 @@ def run(shapes=None, threads=(1, 2), quick: bool = False, rounds: int | None = N
         H.write_json(json_path, payload)
         log(f"\nJSON written to {json_path}")
     return payload
+
+
+def _avx2_machine(results, shapes, threads, target_s, warmup_s, seed, mismatches, log) -> dict:
+    """Times the AVX2 path against float32 capped at AVX2 (a child process, see
+    avx2_machine) and adds each ratio to its result row; returns what the child said."""
+    if "avx2" not in int8kit.cpu_info()["supported_paths"]:
+        return {"error": "this CPU cannot run the AVX2 path"}
+    log("AVX2 path vs float32 at AVX2 width (child process) ...")
+    got = avx2_machine.measure_in_child(shapes, threads, target_s=target_s,
+                                        warmup_s=warmup_s, seed=seed)
+    if "error" in got:
+        log(f"  failed: {got['error']}")
+        return got
+    by_key = {(tuple(r["shape"]), r["threads"]): r for r in got["rows"]}
+    for res in results:
+        row = by_key.get((tuple(res["shape"]), res["threads"]))
+        res["avx2_machine"] = row
+        res["ratios"][AVX2_TARGET_RATIO] = row["avx2_vs_torch_f32"] if row else None
+        if row and not row["exact"]:
+            mismatches.append(f"{res['M']}x{res['K']}x{res['N']} t={res['threads']}: AVX2 "
+                              "path differs from the default path (AVX2-capped process)")
+    return got
 
 
 def render(payload: dict) -> str:
@@ -503,11 +534,11 @@ def render(payload: dict) -> str:
     srows = []
     for r in payload["results"]:
         ra = r["ratios"]
-        avx2 = ra["avx2_vs_torch_f32"]
-        if avx2 is None:
+        avx2, avx2_at = ra["avx2_vs_torch_f32"], ra.get(AVX2_TARGET_RATIO)
+        if avx2_at is None:
             target = "n/a"
         elif r["M"] >= AVX2_TARGET_MIN_M:
-            target = "met" if avx2 >= AVX2_TARGET else "MISSED"
+            target = "met" if avx2_at >= AVX2_TARGET else "MISSED"
         else:
             target = "-"
         srows.append(["x".join(map(str, r["shape"])), r["threads"], r["rounds"],
@@ -515,12 +546,14 @@ def render(payload: dict) -> str:
                       H.fmt_ratio(ra["int8kit_s32_vs_torch_int_mm"]),
                       H.fmt_ratio(ra["int8kit_s32_vs_ort_mmi"]),
                       H.fmt_ratio(ra["int8kit_f32_vs_torch_f32"]),
-                      H.fmt_ratio(avx2), target, H.fmt_ratio(ra.get("avxvnni_vs_torch_f32")),
+                      H.fmt_ratio(avx2), H.fmt_ratio(avx2_at), target,
+                      H.fmt_ratio(ra.get("avxvnni_vs_torch_f32")),
                       "ok" if r["verification"]["ok"] else "MISMATCH"])
     lines.append(H.format_table(
         ["shape MxKxN", "thr", "rounds", "s32/f32", "s32/_int_mm", "s32/ORT",
-         "f32epi/f32", "avx2/f32", f"avx2>={AVX2_TARGET:.0f}x@M>={AVX2_TARGET_MIN_M}",
-         "avx_vnni/f32", "verify"], srows, align="lrrrrrrrrrl"))
+         "f32epi/f32", "avx2/f32", "avx2/f32@avx2",
+         f"avx2>={AVX2_TARGET:.0f}x@M>={AVX2_TARGET_MIN_M}", "avx_vnni/f32", "verify"], srows,
+        align="lrrrrrrrrrrl"))
     lines.append("(ratios: peer median / int8kit median; >1 means int8kit is faster)")
 
     lines.append("")
