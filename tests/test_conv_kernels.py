@@ -84,6 +84,10 @@ SHAPES = [
     (1, 4, 22, 130, 130, 3, 3, 1, 1, 130),  # 6: 4 + 2, two full blocks and 2 channels
     (2, 5, 25, 70, 70, 3, 3, 1, 1, 70),   # 7: 4 + 3, a block of 6 channels
     (1, 5, 9, 8, 8, 3, 2, 1, 1, 8),       # stride 2 with C = 8
+    # AVX2 pairs the taps (an odd last one against zero weights), 16 channels a step
+    (1, 6, 7, 20, 20, (2, 2), 1, 1, 1, 20),  # 4 taps: no spare; a 4-channel last step
+    (1, 5, 5, 17, 17, 1, 1, 0, 1, 17),    # 1x1 depthwise: one tap and its spare
+    (1, 7, 8, 40, 40, (1, 3), (1, 2), (0, 1), 1, 40),  # 3 taps in one row, stride 2 across
     # depthwise 3x3 stride 2 by built columns: 2 per output pixel; with C = 16 or 32 the
     # rows are copied in even and odd phases, 64 / C pixels a vector
     (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # one block
