@@ -88,6 +88,11 @@ SHAPES = [
     (1, 6, 7, 20, 20, (2, 2), 1, 1, 1, 20),  # 4 taps: no spare; a 4-channel last step
     (1, 5, 5, 17, 17, 1, 1, 0, 1, 17),    # 1x1 depthwise: one tap and its spare
     (1, 7, 8, 40, 40, (1, 3), (1, 2), (0, 1), 1, 40),  # 3 taps in one row, stride 2 across
+    # AVX-VNNI groups kernel rows in fours; a shorter kernel reuses a cached group of rows
+    # through shifted weights (3 rows: each group serves two output rows)
+    (1, 9, 8, 24, 24, (4, 3), 1, 1, 1, 24),  # 4 rows: one quad, two pairs, no reuse
+    (1, 11, 7, 20, 20, (3, 2), 1, (2, 1), (2, 1), 20),  # rows 2 apart: shifted by a gap
+    (2, 6, 6, 16, 16, (2, 3), 1, 1, 1, 16),  # 2 rows: a quad serves 3 output rows, batch 2
     # depthwise 3x3 stride 2 by built columns: 2 per output pixel; with C = 16 or 32 the
     # rows are copied in even and odd phases, 64 / C pixels a vector
     (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # one block

@@ -58,6 +58,7 @@ void nhwc_to_nchw_f32_avx512(const float* y, int64_t c, int64_t hw, int64_t p0, 
 
 #if INT8KIT_HAVE_X86_KERNELS
 void depthwise_rows_avx2(const DwJob&, int64_t, int64_t);
+void depthwise_rows_avxvnni(const DwJob&, int64_t, int64_t);
 void depthwise_rows_avx512vnni(const DwJob&, int64_t, int64_t);
 #endif
 
