@@ -171,19 +171,24 @@ def test_peak_probe_is_timed_in_the_rotation_and_sized_to_the_kernel():
                     reason="the AVX2 path cannot run here")
 def test_avx2_path_is_timed_against_float32_capped_at_avx2():
     from int8kit.bench import avx2_machine
-    got = avx2_machine.measure_in_child([(16, 40, 24)], [1], target_s=0.01, warmup_s=0.0)
+    got = avx2_machine.measure_in_child(gemm=[(16, 40, 24)], conv=["dw32@112"], batches=[1],
+                                        threads=[1], target_s=0.01, warmup_s=0.0)
     assert got["env"]["MKL_ENABLE_INSTRUCTIONS"] == "AVX2", got
-    assert "rows" in got, got.get("error")
-    (row,) = got["rows"]
-    assert row["shape"] == [16, 40, 24] and row["threads"] == 1 and row["exact"] is True
-    assert row["avx2_vs_torch_f32"] == row["torch_f32_median_s"] / row["avx2_median_s"] > 0
+    assert "error" not in got, got["error"]
+    (g,), (c,) = got["gemm"], got["conv"]
+    assert g["shape"] == [16, 40, 24] and g["threads"] == 1 and g["exact"] is True
+    assert c["shape"] == "dw32@112" and c["batch"] == 1 and c["exact"] is True
+    for row in (g, c):
+        assert "int8kit_avx2" in row["vs_torch_f32"]
+        for name, ratio in row["vs_torch_f32"].items():
+            assert ratio == row["torch_f32_median_s"] / row["median_s"][name] > 0
 
 
 def test_avx2_machine_refuses_an_uncapped_process(monkeypatch, tmp_path, capsys):
     from int8kit.bench import avx2_machine
     monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
     out = tmp_path / "x.json"
-    assert avx2_machine.main(["--shapes", "8x8x8", "--json", str(out)]) == 2
+    assert avx2_machine.main(["--gemm", "8x8x8", "--json", str(out)]) == 2
     assert "MKL_ENABLE_INSTRUCTIONS" in capsys.readouterr().err and not out.exists()
 
 

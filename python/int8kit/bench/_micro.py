@@ -97,16 +97,22 @@ def micro_section(section: str, module_name: str, int8kit_key: str | None = None
         if quick and "peak_repeats" in params:
             kwargs["peak_repeats"] = 5  # ms each; one noisy run would read as > 100% of peak
         progress.reset(total=len(shapes))
-        rows, results, footnotes, mismatches = [], [], [], []
+        rows, results, footnotes, mismatches, narrow = [], [], [], [], []
         for shp in shapes:
             payload = mod.run(**kwargs) if shp is None else mod.run(shapes=shp, **kwargs)
             rows += rows_from_payload(section, payload, int8kit_key, float_key)
             results += _results(payload)
             footnotes = payload.get("footnotes", footnotes)
             mismatches += payload.get("mismatches", [])
+            got = payload.get("narrow_machine") or {}
+            narrow += got.get("conv", [])  # gemm's rows sit in its results
+            mismatches += [f"{r['shape']} b={r['batch']} t={r['threads']}: a narrow path "
+                           "differs from the default path" for r in got.get("conv", [])
+                           if not r["exact"]]
             progress.update(1)
         return {"rows": rows, "details": {"module": module_name, "results": results,
-                                          "footnotes": footnotes, "mismatches": mismatches}}
+                                          "footnotes": footnotes, "mismatches": mismatches,
+                                          "narrow_machine": narrow}}
 
     run.module_name = module_name
     return run

@@ -1,15 +1,17 @@
-"""The AVX2 path against float32 as a CPU without AVX-512 would run it.
+"""int8kit's AVX2 and AVX-VNNI paths against float32 as a CPU without AVX-512 runs it.
 
-The AVX2 path is for CPUs without AVX-512, and there float32 runs at AVX2 width too. On
-a CPU with AVX-512, torch's float32 GEMM (MKL) runs 512-bit FMAs, twice the work per
-instruction, so timing the forced AVX2 path beside it mixes two machines. This times both
-in a child process where MKL and oneDNN are capped at AVX2 (they read these variables once,
+Those paths are for CPUs without AVX-512, and there float32 runs at AVX2 width too. On a
+CPU with AVX-512, torch's float32 (MKL, oneDNN) runs 512-bit FMAs, twice the work per
+instruction, so timing the forced paths beside it mixes two machines. This times them in
+a child process where MKL and oneDNN are capped at AVX2 (they read these variables once,
 when loaded), interleaved as every other rotation, and reports torch f32 median / int8kit
-AVX2 median. The child also checks the AVX2 result against the default path, exactly.
+median per path. The child also checks each path's result against the default path's,
+exactly.
 
-    python -m int8kit.bench.avx2_machine --shapes 32x768x768 --threads 1,2 --json out.json
+    python -m int8kit.bench.avx2_machine --gemm 32x768x768 --threads 1,2 --json out.json
+    python -m int8kit.bench.avx2_machine --conv dw128@56 --batch 1,8 --json out.json
 
-From Python: ``measure_in_child(shapes, threads, ...)`` in the parent process.
+From Python: ``measure_in_child(gemm=..., conv=..., ...)`` in the parent process.
 """
 
 from __future__ import annotations
@@ -25,11 +27,25 @@ from . import _harness as H
 
 ENV = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
        "ATEN_CPU_CAPABILITY": "avx2"}
+PATHS = {"avx2": "int8kit_avx2", "avx_vnni": "int8kit_avxvnni"}
 
 
-def measure(shapes, threads, *, target_s: float, warmup_s: float, seed: int) -> list[dict]:
-    """Runs in the capped child: one rotation (float32, AVX2 path) per shape and thread
-    count. Returns one row per (shape, threads)."""
+def _paths() -> dict:
+    import int8kit
+    have = int8kit.cpu_info()["supported_paths"]
+    return {isa: name for isa, name in PATHS.items() if isa in have}
+
+
+def _time(fns: dict, exact: bool, target_s: float, warmup_s: float, **row) -> dict:
+    tm = H.time_interleaved(fns, target_s=target_s, warmup_s=warmup_s)
+    f32 = tm["torch_f32"].median_s
+    return dict(row, rounds=tm["torch_f32"].rounds, exact=exact, torch_f32_median_s=f32,
+                median_s={k: t.median_s for k, t in tm.items()},
+                vs_torch_f32={k: f32 / t.median_s for k, t in tm.items() if k != "torch_f32"})
+
+
+def measure_gemm(shapes, threads, *, target_s: float, warmup_s: float, seed: int) -> list:
+    """In the capped child: uint8 x prepacked int8 -> int32 per path vs F.linear float32."""
     import numpy as np
     import torch
 
@@ -45,33 +61,69 @@ def measure(shapes, threads, *, target_s: float, warmup_s: float, seed: int) -> 
             zp, packed = int(rng.integers(96, 160)), ops.pack_weight(w)
             x = ((a.float() - zp) * 0.01).contiguous()
             wf = (w.float() * 0.005).contiguous()
-            fns = {"torch_f32": lambda: torch.nn.functional.linear(x, wf),
-                   "int8kit_s32_avx2": lambda: ops.gemm_s32(a, zp, packed, threads=t,
-                                                            isa="avx2")}
-            exact = torch.equal(fns["int8kit_s32_avx2"](), ops.gemm_s32(a, zp, packed, threads=t))
-            tm = H.time_interleaved(fns, target_s=target_s, warmup_s=warmup_s)
-            f32, avx2 = tm["torch_f32"].median_s, tm["int8kit_s32_avx2"].median_s
-            rows.append({"shape": [m, k, n], "threads": t, "rounds": tm["torch_f32"].rounds,
-                         "torch_f32_median_s": f32, "avx2_median_s": avx2,
-                         "torch_f32_gflops": 2 * m * k * n / f32 / 1e9,
-                         "avx2_gops": 2 * m * k * n / avx2 / 1e9,
-                         "avx2_vs_torch_f32": f32 / avx2, "exact": exact})
+            fns = {"torch_f32": lambda: torch.nn.functional.linear(x, wf)}
+            for isa, name in _paths().items():
+                fns[name] = lambda isa=isa: ops.gemm_s32(a, zp, packed, threads=t, isa=isa)
+            want = ops.gemm_s32(a, zp, packed, threads=t)
+            exact = all(torch.equal(f(), want) for k, f in fns.items() if k != "torch_f32")
+            rows.append(_time(fns, exact, target_s, warmup_s, shape=[m, k, n], threads=t,
+                              ops=2 * m * k * n))
     return rows
 
 
-def measure_in_child(shapes, threads, *, target_s: float, warmup_s: float, seed: int = 0,
-                     timeout_s: float = 900) -> dict:
-    """Runs ``measure`` in a child process with float32 capped at AVX2. Returns
-    {"env", "rows"} or, if the child failed, {"env", "error"}."""
+def measure_conv(names, batches, threads, *, target_s: float, warmup_s: float) -> list:
+    """In the capped child: the uint8 conv op (channels_last uint8 in, uint8 out, as
+    StaticQuantConv2d runs it) per path vs float32 nn.Conv2d on channels_last input."""
+    import numpy as np
+    import torch
+
+    from int8kit import conv_ops
+    from .conv import SHAPES
+
+    rows = []
+    for name in names:
+        ic, oc, k, st, pad, g, h = SHAPES[name]
+        for b in batches:
+            for t in threads:
+                torch.set_num_threads(t)
+                rng = np.random.default_rng([b, ic, oc, k, h])
+                conv = torch.nn.Conv2d(ic, oc, k, st, pad, groups=g).eval().to(
+                    memory_format=torch.channels_last)
+                x = torch.randn(b, ic, h, h).contiguous(memory_format=torch.channels_last)
+                xq = torch.from_numpy(rng.integers(0, 256, (b, h, h, ic), dtype=np.uint8))
+                w = torch.from_numpy(rng.integers(-127, 128, (oc, ic // g, k, k), dtype=np.int8))
+                p = conv_ops.pack_conv_weight(w, st, pad, 1, g)
+                ws = torch.full((oc,), 0.01)
+                args = (xq, 120, 0.02, p, ws, 0.05, 10)
+                fns = {"torch_f32": lambda: conv(x)}
+                for isa, key in _paths().items():
+                    fns[key] = lambda isa=isa: conv_ops.conv2d_u8(*args, threads=t, isa=isa)
+                want = conv_ops.conv2d_u8(*args, threads=t)
+                exact = all(torch.equal(f(), want) for k, f in fns.items() if k != "torch_f32")
+                oh = (h + 2 * pad - k) // st + 1
+                with torch.no_grad():
+                    rows.append(_time(fns, exact, target_s, warmup_s, shape=name, batch=b,
+                                      threads=t, ops=2 * b * oh * oh * oc * (ic // g) * k * k))
+    return rows
+
+
+def measure_in_child(*, gemm=(), conv=(), batches=(1, 8), threads=(1,), target_s: float = 0.3,
+                     warmup_s: float = 0.1, seed: int = 0, timeout_s: float = 900) -> dict:
+    """Runs measure_gemm / measure_conv in a child process with float32 capped at AVX2.
+    Returns {"env", "gemm": rows, "conv": rows} or, if the child failed, {"env", "error"}."""
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, **ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "avx2.json")
+        path = os.path.join(tmp, "narrow.json")
         cmd = [sys.executable, "-m", "int8kit.bench.avx2_machine",
-               "--shapes", ",".join("x".join(map(str, s)) for s in shapes),
-               "--threads", ",".join(map(str, threads)), "--target-s", str(target_s),
-               "--warmup-s", str(warmup_s), "--seed", str(seed), "--json", path]
+               "--threads", ",".join(map(str, threads)), "--batch", ",".join(map(str, batches)),
+               "--target-s", str(target_s), "--warmup-s", str(warmup_s), "--seed", str(seed),
+               "--json", path]
+        if gemm:
+            cmd += ["--gemm", ",".join("x".join(map(str, s)) for s in gemm)]
+        if conv:
+            cmd += ["--conv", ",".join(conv)]
         try:
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -79,13 +131,15 @@ def measure_in_child(shapes, threads, *, target_s: float, warmup_s: float, seed:
         if r.returncode != 0 or not os.path.exists(path):
             return {"env": ENV, "error": (r.stderr or r.stdout)[-2000:]}
         with open(path) as f:
-            return {"env": ENV, "rows": json.load(f)}
+            return dict(json.load(f), env=ENV)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", required=True, help="comma-separated MxKxN shapes")
-    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--gemm", default="", help="comma-separated MxKxN shapes")
+    ap.add_argument("--conv", default="", help="comma-separated names from bench.conv.SHAPES")
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--threads", default="1")
     ap.add_argument("--target-s", type=float, default=0.3)
     ap.add_argument("--warmup-s", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,9 +150,15 @@ def main(argv=None) -> int:
         print(f"set {', '.join(missing)} before starting Python (measure_in_child does)",
               file=sys.stderr)
         return 2
-    rows = measure(H.parse_shapes(args.shapes, [], 3), H.parse_int_list(args.threads),
-                   target_s=args.target_s, warmup_s=args.warmup_s, seed=args.seed)
-    H.write_json(args.json, rows)
+    threads = H.parse_int_list(args.threads)
+    kw = dict(target_s=args.target_s, warmup_s=args.warmup_s)
+    out = {"gemm": [], "conv": []}
+    if args.gemm:
+        out["gemm"] = measure_gemm(H.parse_shapes(args.gemm, [], 3), threads, seed=args.seed, **kw)
+    if args.conv:
+        out["conv"] = measure_conv([n for n in args.conv.split(",") if n],
+                                   H.parse_int_list(args.batch), threads, **kw)
+    H.write_json(args.json, out)
     return 0
 
 

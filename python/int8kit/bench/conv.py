@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import _harness as H
+from . import avx2_machine
 
 from int8kit import ops
 from int8kit.nn.conv import QuantConv2d
@@ -240,8 +241,12 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
                                 "speedup": speedup})
     finally:
         torch.set_num_threads(prev)
+    # The AVX2 and AVX-VNNI paths against float32 at AVX2 width, as a CPU without AVX-512
+    # runs both (a child process; see avx2_machine).
+    narrow = avx2_machine.measure_in_child(conv=names, batches=batches, threads=threads,
+                                           target_s=target_s, warmup_s=0.05)
     return {"machine": H.machine_info(), "vnni_peak_ops_per_s": peaks, "rows": rows,
-            "isa": ops.get_isa()}
+            "isa": ops.get_isa(), "narrow_machine": narrow}
 
 
 def table(result: dict) -> str:
@@ -259,7 +264,19 @@ def table(result: dict) -> str:
             "contenders are timed in a rotation of their own, float32 beside int8kit in "
             "another (int8 kernels run 9-16 % slower for a while after float32 FMA work); "
             "f32 ratios come from the last.")
-    return H.format_table(heads, out, align="llrrrrrl") + "\n" + note
+    text = H.format_table(heads, out, align="llrrrrrl") + "\n" + note
+    narrow = result.get("narrow_machine") or {}
+    if narrow.get("conv"):
+        nrows = [[r["shape"], r["batch"], r["threads"],
+                  " ".join(f"{k.replace('int8kit_', '')} {v:.2f}x"
+                           for k, v in r["vs_torch_f32"].items()),
+                  "ok" if r["exact"] else "MISMATCH"] for r in narrow["conv"]]
+        text += ("\n\nAVX2 / AVX-VNNI paths, float32 capped at AVX2 (float32 median / path "
+                 "median):\n" + H.format_table(["shape", "b", "t", "vs float32", "exact"],
+                                               nrows, align="lrrll"))
+    elif narrow.get("error"):
+        text += f"\n\nAVX2-width comparison failed: {narrow['error']}"
+    return text
 
 
 def main(argv=None) -> None:

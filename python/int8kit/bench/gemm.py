@@ -309,11 +309,12 @@ def _footnotes(int_mm_padded: bool) -> list[str]:
         "float32 FMA peak is about 1/4 of the int8 VNNI peak, so torch f32 is shown against "
         "the int8 yardstick too.",
         "speedup column = contender median / int8kit s32 median (>1: int8kit s32 is faster). "
-        "avx2/f32 = torch f32 median / int8kit s32 [avx2] median, with float32 at this CPU's "
-        "full width (AVX-512 here). avx2/f32@avx2: the same in a child process where MKL and "
-        "oneDNN are capped at AVX2 (MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2), "
-        "as a CPU without AVX-512 runs float32; the AVX2 path is for such CPUs, so the "
-        f"issue's target (>= {AVX2_TARGET:.0f}x at M >= {AVX2_TARGET_MIN_M}) is judged there.",
+        "avx2/f32 (avx_vnni/f32) = torch f32 median / int8kit s32 [avx2] ([avx_vnni]) median, "
+        "with float32 at this CPU's full width (AVX-512 here). .../f32@avx2: the same in a "
+        "child process where MKL and oneDNN are capped at AVX2 (MKL_ENABLE_INSTRUCTIONS=AVX2, "
+        "ONEDNN_MAX_CPU_ISA=AVX2), as a CPU without AVX-512 runs float32; those paths are for "
+        f"such CPUs, so the issue's target (avx2 >= {AVX2_TARGET:.0f}x at M >= "
+        f"{AVX2_TARGET_MIN_M}) is judged there.",
         "int8kit inputs are already-quantized uint8 activations and weights prepacked once; "
         "activation quantization is not timed here (see bench_linear). int8kit allocates its "
         "output on every call. threads= is passed explicitly; torch.set_num_threads(threads) "
@@ -482,20 +483,22 @@ def _avx2_machine(results, shapes, threads, target_s, warmup_s, seed, mismatches
     avx2_machine) and adds each ratio to its result row; returns what the child said."""
     if "avx2" not in int8kit.cpu_info()["supported_paths"]:
         return {"error": "this CPU cannot run the AVX2 path"}
-    log("AVX2 path vs float32 at AVX2 width (child process) ...")
-    got = avx2_machine.measure_in_child(shapes, threads, target_s=target_s,
+    log("AVX2 and AVX-VNNI paths vs float32 at AVX2 width (child process) ...")
+    got = avx2_machine.measure_in_child(gemm=shapes, threads=threads, target_s=target_s,
                                         warmup_s=warmup_s, seed=seed)
     if "error" in got:
         log(f"  failed: {got['error']}")
         return got
-    by_key = {(tuple(r["shape"]), r["threads"]): r for r in got["rows"]}
+    by_key = {(tuple(r["shape"]), r["threads"]): r for r in got["gemm"]}
     for res in results:
         row = by_key.get((tuple(res["shape"]), res["threads"]))
         res["avx2_machine"] = row
-        res["ratios"][AVX2_TARGET_RATIO] = row["avx2_vs_torch_f32"] if row else None
+        vs = row["vs_torch_f32"] if row else {}
+        res["ratios"][AVX2_TARGET_RATIO] = vs.get("int8kit_avx2")
+        res["ratios"]["avxvnni_vs_torch_f32_at_avx2"] = vs.get("int8kit_avxvnni")
         if row and not row["exact"]:
-            mismatches.append(f"{res['M']}x{res['K']}x{res['N']} t={res['threads']}: AVX2 "
-                              "path differs from the default path (AVX2-capped process)")
+            mismatches.append(f"{res['M']}x{res['K']}x{res['N']} t={res['threads']}: a "
+                              "narrow path differs from the default path (AVX2-capped child)")
     return got
 
 
@@ -548,12 +551,13 @@ def render(payload: dict) -> str:
                       H.fmt_ratio(ra["int8kit_f32_vs_torch_f32"]),
                       H.fmt_ratio(avx2), H.fmt_ratio(avx2_at), target,
                       H.fmt_ratio(ra.get("avxvnni_vs_torch_f32")),
+                      H.fmt_ratio(ra.get("avxvnni_vs_torch_f32_at_avx2")),
                       "ok" if r["verification"]["ok"] else "MISMATCH"])
     lines.append(H.format_table(
         ["shape MxKxN", "thr", "rounds", "s32/f32", "s32/_int_mm", "s32/ORT",
          "f32epi/f32", "avx2/f32", "avx2/f32@avx2",
-         f"avx2>={AVX2_TARGET:.0f}x@M>={AVX2_TARGET_MIN_M}", "avx_vnni/f32", "verify"], srows,
-        align="lrrrrrrrrrrl"))
+         f"avx2>={AVX2_TARGET:.0f}x@M>={AVX2_TARGET_MIN_M}", "avx_vnni/f32", "avx_vnni/f32@avx2",
+         "verify"], srows, align="lrrrrrrrrrrrl"))
     lines.append("(ratios: peer median / int8kit median; >1 means int8kit is faster)")
 
     lines.append("")
