@@ -12,9 +12,10 @@
 // Interleaving costs shuffles, so it is done once per group of input rows, not per tap: a
 // lane row holds, for every input column of R image rows (horizontal padding written out
 // as the zero point), the lanes of all channels. It is built once and read by every
-// output row and tap that needs it, from a small cache of recent lane rows; where a kernel
-// fits in fewer than R rows, one lane row serves R - KH + 1 output rows through weights
-// shifted by a row (3x3, stride 1, quads: two output rows per build). The inner loop is
+// output row and tap that needs it, from a small cache of recent lane rows; where the
+// groups have rows to spare, the next output rows reuse the cached lane rows through
+// weights shifted by a row (3x3, stride 1: one build per two output rows, pairs and quads
+// alike). The inner loop is
 // then loads and multiply-adds only: per 8 channels of a 3x3 pixel, 6 vpmaddwd + 6 vpaddd
 // (pairs) or 3 vpdpbusd (quads).
 //
@@ -42,7 +43,7 @@ constexpr int64_t kCh = 16;  // channels per step: two ymm of int32 lanes
 struct Layout {
   int64_t C, cw;    // channels, and rounded up to kCh
   int64_t groups;   // groups of R kernel rows
-  int64_t shifts;   // weight placements: R - KH + 1 when the kernel fits one group, else 1
+  int64_t shifts;   // weight placements: the spare rows of the groups, R * groups - KH, + 1
   int64_t ncols;    // lane-row columns: the padded input columns the taps read
   int64_t row_gap;  // input rows grouped: dil_h apart
 };
@@ -54,7 +55,7 @@ Layout layout(const DwJob& j) {
   L.C = p.in_channels;
   L.cw = (L.C + kCh - 1) / kCh * kCh;
   L.groups = (p.kh + Lanes::kRows - 1) / Lanes::kRows;
-  L.shifts = L.groups == 1 ? Lanes::kRows - p.kh + 1 : 1;
+  L.shifts = Lanes::kRows * L.groups - p.kh + 1;
   L.ncols = (j.ow - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
   L.row_gap = p.dil_h;
   return L;
@@ -75,7 +76,7 @@ std::vector<int32_t> pack_weights(const ConvView& wt, const Layout& L) {
           int8_t w[R] = {};
           for (int k = 0; k < R; ++k) {
             const int64_t kh = R * i + k - s;
-            if (kh >= 0 && kh < p.kh && k >= s) w[k] = wt.dw_plain[(kh * p.kw + kx) * wt.cp + c];
+            if (kh >= 0 && kh < p.kh) w[k] = wt.dw_plain[(kh * p.kw + kx) * wt.cp + c];
           }
           out[s * per_shift + (i * p.kw + kx) * L.cw + c] = Lanes::pack(w);
         }
@@ -251,15 +252,17 @@ void depthwise_lane_rows(const DwJob& j, int64_t r0, int64_t r1) {
   const size_t esz = j.epi.out == OutKind::u8 ? 1 : 4;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / j.oh, top = (r % j.oh) * p.stride_h - p.pad_h;
-    // A kernel in one group can also start at row s of a cached lane row (top - s rows),
-    // with the weights shifted to match; otherwise the lane rows at top are used.
+    // The kernel can also start s rows into cached lane rows (those at top - s rows), with
+    // the weights shifted to match: at 3x3 stride 1, output row y + 1 rereads row y's
+    // lane rows (quads: one group; pairs: both groups). Otherwise the lane rows at top.
     int64_t shift = 0;
-    const int32_t* hit = nullptr;
-    for (int64_t s = 1; s < L.shifts && !hit; ++s)
-      if ((hit = rows.find(n, top - s * L.row_gap))) shift = s;
-    if (hit)
-      lrow[0] = hit;
-    else
+    for (int64_t s = 1; s < L.shifts && shift == 0; ++s) {
+      bool all = true;
+      for (int64_t i = 0; i < L.groups && all; ++i)
+        all = (lrow[i] = rows.find(n, top + (Lanes::kRows * i - s) * L.row_gap)) != nullptr;
+      if (all) shift = s;
+    }
+    if (shift == 0)
       for (int64_t i = 0; i < L.groups; ++i)
         lrow[i] = rows.get(n, top + Lanes::kRows * i * L.row_gap);
     RowArgs ra;
