@@ -93,6 +93,9 @@ SHAPES = [
     (1, 9, 8, 24, 24, (4, 3), 1, 1, 1, 24),  # 4 rows: one quad, two pairs, no reuse
     (1, 11, 7, 20, 20, (3, 2), 1, (2, 1), (2, 1), 20),  # rows 2 apart: shifted by a gap
     (2, 6, 6, 16, 16, (2, 3), 1, 1, 1, 16),  # 2 rows: a quad serves 3 output rows, batch 2
+    # lane rows of about 128 KB: wide rows go in chunks of output columns
+    (1, 3, 40, 2048, 2048, 3, 1, 1, 1, 2048),  # 16 columns a chunk: 16 + 16 + 8
+    (1, 4, 70, 1030, 1030, 3, 2, 1, 1, 1030),  # stride 2: 15 columns a chunk, a channel tail
     # depthwise 3x3 stride 2 by built columns: 2 per output pixel; with C = 16 or 32 the
     # rows are copied in even and odd phases, 64 / C pixels a vector
     (1, 5, 13, 64, 64, 3, 2, 1, 1, 64),   # one block

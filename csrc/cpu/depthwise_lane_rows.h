@@ -44,7 +44,9 @@ struct Layout {
   int64_t C, cw;    // channels, and rounded up to kCh
   int64_t groups;   // groups of R kernel rows
   int64_t shifts;   // weight placements: the spare rows of the groups, R * groups - KH, + 1
-  int64_t ncols;    // lane-row columns: the padded input columns the taps read
+  int64_t x0, x1;   // the output columns this layout covers (a chunk of the row)
+  int64_t ncols;    // lane-row columns: the padded input columns their taps read, from
+                    // padded column x0 * stride_w
   int64_t row_gap;  // input rows grouped: dil_h apart
 };
 
@@ -56,6 +58,7 @@ Layout layout(const DwJob& j) {
   L.cw = (L.C + kCh - 1) / kCh * kCh;
   L.groups = (p.kh + Lanes::kRows - 1) / Lanes::kRows;
   L.shifts = Lanes::kRows * L.groups - p.kh + 1;
+  L.x0 = 0, L.x1 = j.ow;
   L.ncols = (j.ow - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
   L.row_gap = p.dil_h;
   return L;
@@ -83,15 +86,16 @@ std::vector<int32_t> pack_weights(const ConvView& wt, const Layout& L) {
   return out;
 }
 
-// The lane row of input rows top, top + gap, ... of image n: ncols x cw int32 lanes.
+// The lane row of input rows top, top + gap, ... of image n: ncols x cw int32 lanes, from
+// padded column x0 * stride_w.
 template <class Lanes>
 void build_lane_row(const DwJob& j, const Layout& L, int64_t n, int64_t top, int32_t* out) {
   constexpr int R = Lanes::kRows;
-  const int64_t pad_w = j.a->wt.p.pad_w;
+  const int64_t first = L.x0 * j.a->wt.p.stride_w - j.a->wt.p.pad_w;  // input column
   alignas(16) uint8_t tmp[R][kCh];
   for (int64_t pc = 0; pc < L.ncols; ++pc) {
     const uint8_t* row[R];
-    for (int k = 0; k < R; ++k) row[k] = dw_tap(j, n, top + k * L.row_gap, pc - pad_w);
+    for (int k = 0; k < R; ++k) row[k] = dw_tap(j, n, top + k * L.row_gap, first + pc);
     int32_t* dst = out + pc * L.cw;
     for (int64_t c0 = 0; c0 < L.cw; c0 += kCh) {
       __m128i v[R];
@@ -232,15 +236,16 @@ RowBlockFn row_block_for(const GemmArgs& g) {
   return row_block<Lanes, GROUPS, KW, OutKind::s32, false>;
 }
 
-// Output rows [r0, r1) of the flattened (n, oh) index.
+// About this many bytes per lane row: wide rows go in chunks of output columns, so that
+// the cache stays small (its slots hold whole lane rows) whatever the image width.
+constexpr int64_t kLaneRowBytes = int64_t(128) << 10;
+
+// Output rows [r0, r1) of the flattened (n, oh) index, output columns [L.x0, L.x1).
 template <class Lanes>
-void depthwise_lane_rows(const DwJob& j, int64_t r0, int64_t r1) {
+void lane_rows_chunk(const DwJob& j, const Layout& L, const std::vector<int32_t>& w,
+                     const std::vector<BlockEpi>& epi, int64_t r0, int64_t r1) {
   const ConvParams& p = j.a->wt.p;
-  const Layout L = layout<Lanes>(j);
-  const std::vector<int32_t> w = pack_weights<Lanes>(j.a->wt, L);
   const int64_t per_shift = L.groups * p.kw * L.cw;
-  std::vector<BlockEpi> epi;
-  for (int64_t b = 0; b < L.cw / kCh; ++b) epi.push_back(block_epi(j, b));
   // Enough slots for the rows one output row reads and those the next ones reread.
   LaneRows<Lanes> rows(j, L, 2 * L.groups + 2);
   std::vector<const int32_t*> lrow(static_cast<size_t>(L.groups));
@@ -270,9 +275,25 @@ void depthwise_lane_rows(const DwJob& j, int64_t r0, int64_t r1) {
     ra.w = w.data() + shift * per_shift, ra.epi = epi.data();
     ra.blocks = static_cast<int64_t>(epi.size());
     ra.groups = L.groups, ra.kw = p.kw, ra.cw = L.cw;
-    ra.sw = p.stride_w * L.cw, ra.dw = p.dil_w * L.cw, ra.ow = j.ow, ra.ldc = j.epi.ldc;
-    ra.out = static_cast<char*>(j.epi.C) + r * j.ow * j.epi.ldc * esz;
+    ra.sw = p.stride_w * L.cw, ra.dw = p.dil_w * L.cw, ra.ow = L.x1 - L.x0, ra.ldc = j.epi.ldc;
+    ra.out = static_cast<char*>(j.epi.C) + (r * j.ow + L.x0) * j.epi.ldc * esz;
     fn(ra);
+  }
+}
+
+template <class Lanes>
+void depthwise_lane_rows(const DwJob& j, int64_t r0, int64_t r1) {
+  const ConvParams& p = j.a->wt.p;
+  Layout L = layout<Lanes>(j);
+  const std::vector<int32_t> w = pack_weights<Lanes>(j.a->wt, L);
+  std::vector<BlockEpi> epi;
+  for (int64_t b = 0; b < L.cw / kCh; ++b) epi.push_back(block_epi(j, b));
+  const int64_t per_col = p.stride_w * L.cw * static_cast<int64_t>(sizeof(int32_t));
+  const int64_t chunk = std::max<int64_t>(1, kLaneRowBytes / per_col);
+  for (int64_t x0 = 0; x0 < j.ow; x0 += chunk) {
+    L.x0 = x0, L.x1 = std::min(j.ow, x0 + chunk);
+    L.ncols = (L.x1 - L.x0 - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
+    lane_rows_chunk<Lanes>(j, L, w, epi, r0, r1);
   }
 }
 
