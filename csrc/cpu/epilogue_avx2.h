@@ -134,8 +134,8 @@ inline void store_row(const GemmArgs& g, const PanelParams& pp, int64_t m, __m25
 
 // Zero-point correction, epilogue and store for one output row of one panel. Not inlined:
 // in the GEMM tiles, its code after the K loop made GCC spill accumulators inside it.
-inline __attribute__((noinline)) void finish_row(const GemmArgs& g, const PanelParams& pp, int64_t m, __m256i raw0,
-                __m256i raw1) {
+inline __attribute__((noinline)) void finish_row(const GemmArgs& g, const PanelParams& pp,
+                                                  int64_t m, __m256i raw0, __m256i raw1) {
   // raw - zp * colsum, wrapping modulo 2^32 like correct_acc().
   const __m256i zp = _mm256_set1_epi32(g.a_zp[m * g.a_zp_stride]);
   const __m256i* cs = reinterpret_cast<const __m256i*>(pp.colsum);
