@@ -28,10 +28,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <type_traits>
 #include <vector>
 
+#include "aligned_scratch.h"
 #include "conv_kernels.h"
 #include "epilogue_avx2.h"
 
@@ -120,8 +120,7 @@ class LaneRows {
   LaneRows(const DwJob& j, const Layout& L, int64_t slots)
       : j_(j), L_(L), keys_(static_cast<size_t>(slots), Key{-1, 0}), age_(keys_.size(), 0) {
     // Not zeroed: a slot is written whole before it is read.
-    buf_.reset(new int32_t[static_cast<size_t>(slots * L.ncols * L.cw + 8)]);
-    base_ = buf_.get() + ((32 - reinterpret_cast<uintptr_t>(buf_.get()) % 32) % 32) / 4;
+    base_ = buf_.get(slots * L.ncols * L.cw);
   }
   // The lane row starting at input row top, or null if it is not cached.
   const int32_t* find(int64_t n, int64_t top) {
@@ -152,7 +151,7 @@ class LaneRows {
   std::vector<Key> keys_;
   std::vector<int64_t> age_;
   int64_t clock_ = 0;
-  std::unique_ptr<int32_t[]> buf_;
+  AlignedScratch<int32_t> buf_;
   int32_t* base_;
 };
 

@@ -112,9 +112,15 @@ inline void store_epi16(const Epi16& e, T* dst, __m256i acc0, __m256i acc1) {
   }
 }
 
-// Epilogue and store for one output row of one panel, given the zero-point-corrected sums.
-inline void store_row(const GemmArgs& g, const PanelParams& pp, int64_t m, __m256i acc0,
-               __m256i acc1) {
+// Zero-point correction, epilogue and store for one output row of one panel. Not inlined:
+// in the GEMM tiles, its code after the K loop made GCC spill accumulators inside it.
+inline __attribute__((noinline)) void finish_row(const GemmArgs& g, const PanelParams& pp,
+                                                  int64_t m, __m256i raw0, __m256i raw1) {
+  // raw - zp * colsum, wrapping modulo 2^32 like correct_acc().
+  const __m256i zp = _mm256_set1_epi32(g.a_zp[m * g.a_zp_stride]);
+  const __m256i* cs = reinterpret_cast<const __m256i*>(pp.colsum);
+  const __m256i acc0 = _mm256_sub_epi32(raw0, _mm256_mullo_epi32(zp, _mm256_load_si256(cs)));
+  const __m256i acc1 = _mm256_sub_epi32(raw1, _mm256_mullo_epi32(zp, _mm256_load_si256(cs + 1)));
   const int64_t off = m * g.ldc + pp.n0;
   if (g.out == OutKind::s32) {
     Epi16 e;
@@ -130,17 +136,6 @@ inline void store_row(const GemmArgs& g, const PanelParams& pp, int64_t m, __m25
   uint8_t* dst = static_cast<uint8_t*>(g.C) + off;
   return g.relu ? store_epi16<OutKind::u8, true>(e, dst, acc0, acc1)
                 : store_epi16<OutKind::u8, false>(e, dst, acc0, acc1);
-}
-
-// Zero-point correction, epilogue and store for one output row of one panel. Not inlined:
-// in the GEMM tiles, its code after the K loop made GCC spill accumulators inside it.
-inline __attribute__((noinline)) void finish_row(const GemmArgs& g, const PanelParams& pp,
-                                                  int64_t m, __m256i raw0, __m256i raw1) {
-  // raw - zp * colsum, wrapping modulo 2^32 like correct_acc().
-  const __m256i zp = _mm256_set1_epi32(g.a_zp[m * g.a_zp_stride]);
-  const __m256i* cs = reinterpret_cast<const __m256i*>(pp.colsum);
-  store_row(g, pp, m, _mm256_sub_epi32(raw0, _mm256_mullo_epi32(zp, _mm256_load_si256(cs))),
-            _mm256_sub_epi32(raw1, _mm256_mullo_epi32(zp, _mm256_load_si256(cs + 1))));
 }
 
 }  // namespace

@@ -19,8 +19,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
+#include "aligned_scratch.h"
 #include "epilogue_avx2.h"
 #include "kernels.h"
 
@@ -116,19 +116,6 @@ constexpr int kRows = 6;
 // blocks widen each panel fewer times (K = 3072: 192 KB -> 512 KB, 1.10x).
 constexpr int64_t kRowBlockBytes = int64_t(512) << 10;
 
-// A 64-byte-aligned int16 scratch buffer that only grows; one per thread.
-class Scratch16 {
- public:
-  int16_t* get(int64_t n) {
-    if (static_cast<int64_t>(buf_.size()) < n + 32) buf_.resize(static_cast<size_t>(n + 32));
-    const auto addr = reinterpret_cast<uintptr_t>(buf_.data());
-    return buf_.data() + ((64 - addr % 64) % 64) / sizeof(int16_t);
-  }
-
- private:
-  std::vector<int16_t> buf_;
-};
-
 // Rows [m0, m1) of A zero-extended to int16, kpad (= 4 * k_groups) per row, zero past K.
 void widen_rows(const GemmArgs& g, int64_t m0, int64_t m1, int64_t kpad, int16_t* out) {
   const int64_t K = g.B.k;
@@ -200,7 +187,7 @@ constexpr WideTileFn kWideTiles[kRows] = {&wide_tile<1>, &wide_tile<2>, &wide_ti
                                           &wide_tile<4>, &wide_tile<5>, &wide_tile<6>};
 
 void wide_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
-  thread_local Scratch16 a_scratch, w_scratch;
+  thread_local AlignedScratch<int16_t> a_scratch, w_scratch;  // one pair per thread
   const int64_t kpad = g.B.k_groups * kKGroup;
   const int64_t mc = std::max<int64_t>(kRows, kRowBlockBytes / (2 * kpad) / kRows * kRows);
   int16_t* a16 = a_scratch.get(std::min(mc, m1 - m0) * kpad);
