@@ -58,8 +58,7 @@ Layout layout(const DwJob& j) {
   L.cw = (L.C + kCh - 1) / kCh * kCh;
   L.groups = (p.kh + Lanes::kRows - 1) / Lanes::kRows;
   L.shifts = Lanes::kRows * L.groups - p.kh + 1;
-  L.x0 = 0, L.x1 = j.ow;
-  L.ncols = (j.ow - 1) * p.stride_w + (p.kw - 1) * p.dil_w + 1;
+  L.x0 = L.x1 = L.ncols = 0;  // set per chunk of columns (depthwise_lane_rows)
   L.row_gap = p.dil_h;
   return L;
 }

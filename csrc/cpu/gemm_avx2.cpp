@@ -27,7 +27,8 @@
 namespace int8kit::detail {
 namespace {
 
-inline uint32_t load_u32(const uint8_t* p) {
+// 4 bytes from any address (A rows have no alignment).
+inline uint32_t load32(const void* p) {
   uint32_t v;
   std::memcpy(&v, p, sizeof(v));
   return v;
@@ -76,7 +77,7 @@ void direct_tile(const GemmArgs& g, const PanelParams& pp, const int8_t* panel, 
 
   for (int64_t grp = 0; grp < full_groups; ++grp) {
     __m256i av[MR];
-    for (int r = 0; r < MR; ++r) av[r] = widen_a4(load_u32(a[r] + grp * kKGroup));
+    for (int r = 0; r < MR; ++r) av[r] = widen_a4(load32(a[r] + grp * kKGroup));
     madd_group<MR>(panel + grp * (kPanel * kKGroup), av, acc);
   }
   if (full_groups * kKGroup < K) {
@@ -154,12 +155,6 @@ void widen_panel(const int8_t* panel, int64_t k_groups, int16_t* out) {
   }
 }
 
-inline int32_t load_i32(const int16_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
 // MR rows of widened A (row stride kpad) times one widened panel, epilogue included.
 template <int MR>
 void wide_tile(const GemmArgs& g, const PanelParams& pp, const int16_t* a16, int64_t kpad,
@@ -172,7 +167,7 @@ void wide_tile(const GemmArgs& g, const PanelParams& pp, const int16_t* a16, int
     const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w16 + 16 * k + 16));
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m256i av = _mm256_set1_epi32(load_i32(a16 + r * kpad + k));
+      const __m256i av = _mm256_set1_epi32(static_cast<int>(load32(a16 + r * kpad + k)));
       acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(av, w0));
       acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, w1));
     }

@@ -110,7 +110,10 @@ def measure_conv(names, batches, threads, *, target_s: float, warmup_s: float) -
 def measure_in_child(*, gemm=(), conv=(), batches=(1, 8), threads=(1,), target_s: float = 0.3,
                      warmup_s: float = 0.1, seed: int = 0, timeout_s: float = 900) -> dict:
     """Runs measure_gemm / measure_conv in a child process with float32 capped at AVX2.
-    Returns {"env", "gemm": rows, "conv": rows} or, if the child failed, {"env", "error"}."""
+    Returns {"env", "gemm": rows, "conv": rows}, or {"env", "error"} if this CPU runs
+    neither path or the child failed."""
+    if not _paths():
+        return {"env": ENV, "error": "this CPU runs neither the AVX2 nor the AVX-VNNI path"}
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, **ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)

@@ -245,8 +245,10 @@ def run(shapes=("resnet", "downsample", "depthwise"), batches=(1, 8), threads=(1
     # runs both (a child process; see avx2_machine).
     narrow = avx2_machine.measure_in_child(conv=names, batches=batches, threads=threads,
                                            target_s=target_s, warmup_s=0.05)
+    mismatches = [f"{r['shape']} b={r['batch']} t={r['threads']}: a narrow path differs "
+                  "from the default path" for r in narrow.get("conv", []) if not r["exact"]]
     return {"machine": H.machine_info(), "vnni_peak_ops_per_s": peaks, "rows": rows,
-            "isa": ops.get_isa(), "narrow_machine": narrow}
+            "isa": ops.get_isa(), "narrow_machine": narrow, "mismatches": mismatches}
 
 
 def table(result: dict) -> str:
