@@ -169,4 +169,4 @@ def requant_params(scale, zero_point, what: str = "out") -> tuple[float, int]:
           int(per_index(zero_point, f"{what}_zero_point", 1, np.int32)[0]))
     if not 0 <= zp <= 255:
         raise ValueError(f"{what}_zero_point must be in [0, 255], got {zero_point}")
-    return float(inv), zp
+    return inv, zp
