@@ -8,6 +8,8 @@ oracle's int32, float32 and uint8 outputs byte for byte, at 1 and 2 threads.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -240,6 +242,31 @@ def test_padding_reads_the_zero_point(rng, path):
         wrong = co.conv2d_s32(x_pad0, 150, co.pack_conv_weight(w, 1, 0, 1, groups), isa=path)
         assert (wrong[:, 0] != got[:, 0]).all()
         np.testing.assert_array_equal(wrong[:, 1:-1, 1:-1], got[:, 1:-1, 1:-1])
+
+
+_WIDE_SPAN_CHILD = """
+import resource, numpy as np
+from int8kit import conv_ops as co
+C = 4096  # one row of 33 taps, dilation 4096: the kernel spans 131073 padded columns
+x = np.full((1, 2, 1, C), 7, np.uint8)
+w = np.ones((C, 1, 1, 33), np.int8)
+p = co.pack_conv_weight(w, 1, (0, 65536), (1, 4096), C)
+want = co.conv2d_s32(x, 3, p, isa="scalar")
+vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30),) * 2)  # 1 GB more than now
+for threads in (1, 2):
+    assert (co.conv2d_s32(x, 3, p, isa=ISA, threads=threads) == want).all(), threads
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_depthwise_with_a_huge_kernel_span_runs_in_bounded_memory(ref, path):
+    """The AVX2 and AVX-VNNI depthwise kernels cache lane rows as wide as the kernel's
+    span: this legal conv asked for 8.6 GB per thread (MemoryError on one thread, the
+    process ended by std::terminate on two). It must run within 1 GB and stay exact."""
+    proc = ref.run_python(_WIDE_SPAN_CHILD.replace("ISA", repr(path)), {})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 def test_batch_of_zero_and_torch_inputs():

@@ -202,6 +202,41 @@ def test_own_pool_and_torch_openmp_team_give_identical_results(ref):
     assert outs["own"]["q"] == outs[None]["q"]
 
 
+_THROW_CHILD = """
+import json, numpy as np, int8kit
+from int8kit import _C, ops
+msgs = []
+for n in (2, 3, 4):
+    for t in range(n):
+        try:
+            _C._parallel_error_probe(n, t)
+        except RuntimeError as e:
+            msgs.append(str(e))
+_C._parallel_error_probe(4, -1)  # no tid throws
+a = np.ones((64, 256), np.uint8)
+p = ops.pack_weight(np.ones((256, 256), np.int8))
+ok = bool((ops.gemm_s32(a, 0, p, threads=4) == 256).all())
+print(json.dumps({"threading": int8kit.cpu_info()["threading"], "msgs": msgs, "ok": ok}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["own", None])
+def test_an_exception_in_a_parallel_region_reaches_the_caller(ref, mode):
+    """A tid that throws (std::bad_alloc inside a kernel) must not end the process, as an
+    exception leaving a thread does, nor unwind the caller while other tids still run: it
+    is rethrown on the caller's thread once all are done, whichever tid threw, on
+    int8kit's pool and on torch's OpenMP team alike, and the next region runs normally."""
+    import json
+
+    proc = ref.run_python(_THROW_CHILD, {"INT8KIT_THREADS": mode})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if mode == "own":
+        assert out["threading"] == "int8kit pool"
+    assert out["msgs"] == [f"thrown by tid {t}" for n in (2, 3, 4) for t in range(n)]
+    assert out["ok"]
+
+
 _TEAM_CHILD = """
 import json, os, numpy as np, torch, int8kit
 from int8kit import ops

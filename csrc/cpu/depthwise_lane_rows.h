@@ -234,6 +234,9 @@ RowBlockFn row_block_for(const GemmArgs& g) {
   return row_block<Lanes, GROUPS, KW, OutKind::s32, false>;
 }
 
+// Cached lane rows: enough for the rows one output row reads and those the next ones reread.
+inline int64_t lane_row_slots(const Layout& L) { return 2 * L.groups + 2; }
+
 // About this many bytes per lane row: wide rows go in chunks of output columns, so that
 // the cache stays small (its slots hold whole lane rows) whatever the image width.
 constexpr int64_t kLaneRowBytes = int64_t(128) << 10;
@@ -244,8 +247,7 @@ void lane_rows_chunk(const DwJob& j, const Layout& L, const std::vector<int32_t>
                      const std::vector<BlockEpi>& epi, int64_t r0, int64_t r1) {
   const ConvParams& p = j.a->wt.p;
   const int64_t per_shift = L.groups * p.kw * L.cw;
-  // Enough slots for the rows one output row reads and those the next ones reread.
-  LaneRows<Lanes> rows(j, L, 2 * L.groups + 2);
+  LaneRows<Lanes> rows(j, L, lane_row_slots(L));
   std::vector<const int32_t*> lrow(static_cast<size_t>(L.groups));
   const RowBlockFn fn = p.kh == 3 && p.kw == 3 && L.groups == 1
                             ? row_block_for<Lanes, 1, 3>(j.epi)
@@ -279,10 +281,21 @@ void lane_rows_chunk(const DwJob& j, const Layout& L, const std::vector<int32_t>
   }
 }
 
+// Lane rows hold every padded column from a chunk's first tap to its last, so a kernel
+// spread over many columns (a large dilation) needs slots * span * channels * 4 bytes
+// even for a chunk of one output column. Past this bound (per thread) the scalar kernel,
+// which needs no cache, runs instead: a 33-tap kernel with dilation 4096 on 4096 channels
+// asked for 8.6 GB.
+constexpr int64_t kMaxLaneCacheBytes = int64_t(16) << 20;
+
 template <class Lanes>
 void depthwise_lane_rows(const DwJob& j, int64_t r0, int64_t r1) {
   const ConvParams& p = j.a->wt.p;
   Layout L = layout<Lanes>(j);
+  const int64_t span = (p.kw - 1) * p.dil_w + 1;
+  if (lane_row_slots(L) * span * L.cw * static_cast<int64_t>(sizeof(int32_t)) >
+      kMaxLaneCacheBytes)
+    return depthwise_rows_scalar(j, r0, r1);
   const std::vector<int32_t> w = pack_weights<Lanes>(j.a->wt, L);
   std::vector<BlockEpi> epi;
   for (int64_t b = 0; b < L.cw / kCh; ++b) epi.push_back(block_epi(j, b));

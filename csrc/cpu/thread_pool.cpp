@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -175,14 +176,25 @@ void gomp_trampoline(void* data) {
     (*job->fn)(t);
 }
 
-}  // namespace
-
-void parallel_for(int nthreads, const std::function<void(int)>& fn) {
-  if (nthreads > kMaxThreads) nthreads = kMaxThreads;
-  if (nthreads <= 1) {
-    fn(0);
-    return;
+// The first exception any tid throws, kept to rethrow on the caller's thread once every
+// tid is done: one escaping a worker would end the process (std::terminate), and one
+// unwinding the caller's frame while workers still use it would corrupt memory.
+class FirstError {
+ public:
+  void keep(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!first_) first_ = std::move(e);
   }
+  void rethrow() {
+    if (first_) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::exception_ptr first_;
+};
+
+void run_team(int nthreads, const std::function<void(int)>& fn) {
   if (const Gomp* gomp = loaded_gomp()) {
     // libgomp ends the threads that a smaller team leaves out and creates them again for
     // a bigger one. Regions of different sizes back to back (quantize on 6 threads, then
@@ -195,6 +207,25 @@ void parallel_for(int nthreads, const std::function<void(int)>& fn) {
     return;
   }
   pool().run(nthreads, fn);
+}
+
+}  // namespace
+
+void parallel_for(int nthreads, const std::function<void(int)>& fn) {
+  if (nthreads > kMaxThreads) nthreads = kMaxThreads;
+  if (nthreads <= 1) {
+    fn(0);
+    return;
+  }
+  FirstError error;
+  run_team(nthreads, [&](int tid) {
+    try {
+      fn(tid);
+    } catch (...) {
+      error.keep(std::current_exception());
+    }
+  });
+  error.rethrow();
 }
 
 void parallel_tiles(int nthreads, int64_t count,

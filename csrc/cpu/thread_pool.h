@@ -10,9 +10,10 @@
 namespace int8kit::detail {
 
 // Runs fn(tid) for tid in [0, nthreads), the caller doing tid 0, and returns when all are
-// done. fn must not throw. When the pool is already busy (another thread's call, or a
-// nested call) the tids run one after another on the caller's thread instead, which
-// gives the same result because work is split by tid alone.
+// done. If fn throws (std::bad_alloc), the other tids still run to their end and the first
+// exception is rethrown here, on the caller's thread. When the pool is already busy
+// (another thread's call, or a nested call) the tids run one after another on the
+// caller's thread instead, which gives the same result because work is split by tid alone.
 void parallel_for(int nthreads, const std::function<void(int tid)>& fn);
 
 // Runs fn(tid, tile) for every tile in [0, count) on up to nthreads threads. Thread tid

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "aligned_array.h"
@@ -215,6 +216,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("vnni_peak_ops_per_second", [](int nthreads, int64_t iters) {
     py::gil_scoped_release nogil;
     return vnni_peak_ops_per_second(nthreads, iters);
+  });
+  // For tests: a parallel region in which tid `throwing_tid` throws.
+  m.def("_parallel_error_probe", [](int nthreads, int throwing_tid) {
+    py::gil_scoped_release nogil;
+    detail::parallel_for(nthreads, [&](int tid) {
+      if (tid == throwing_tid) throw std::runtime_error("thrown by tid " + std::to_string(tid));
+    });
   });
   bind_conv(m);
   bind_linear(m);
