@@ -44,6 +44,19 @@ def test_torch_compile_fullgraph_matches_eager():
             torch.testing.assert_close(compiled(x), q(x), rtol=1e-5, atol=1e-5)
 
 
+def test_torch_compile_with_grad_enabled_and_float_parameters_left():
+    """Outside inference_mode, a float layer left in the model (its parameters require
+    grad) feeds the int8 op a tensor that requires grad; the ops have no gradient (eager
+    outputs never require one), so the traced graph must not ask for one either."""
+    torch.manual_seed(0)
+    q = int8kit.quantize_dynamic(nn.Sequential(nn.LayerNorm(24), nn.Linear(24, 8)).eval())
+    torch._dynamo.reset()
+    x = _x(4, 24)
+    y = torch.compile(q, fullgraph=True)(x)
+    assert not y.requires_grad
+    torch.testing.assert_close(y, q(x), rtol=1e-4, atol=1e-4)  # the compiled LayerNorm
+
+
 def test_dynamo_sees_no_graph_break_and_keeps_the_op():
     q = _model()
     torch._dynamo.reset()

@@ -100,7 +100,7 @@ def test_memory_formats_and_dtypes():
     yc = q(xc)
     assert yc.is_contiguous(memory_format=torch.channels_last) and not yc.is_contiguous()
     assert torch.equal(y, yc)
-    for dt in (torch.bfloat16, torch.float16):
+    for dt in (torch.bfloat16, torch.float16, torch.float64):
         yb = q(xc.to(dt))
         assert yb.dtype == dt and yb.is_contiguous(memory_format=torch.channels_last)
         assert torch.allclose(yb.float(), q(xc.to(dt).float()).to(dt).float())
@@ -190,6 +190,46 @@ def test_bad_inputs_raise():
     with pytest.raises(NotConvertibleError, match="same"):
         QuantConv2d.from_float(nn.Conv2d(4, 8, 4, padding="same"))
     assert QuantConv2d.from_float(nn.Conv2d(4, 8, 3, padding="same")).padding == (1, 1)
+
+
+@pytest.mark.parametrize("option", [{"padding": (1,)}, {"stride": (2,)},
+                                    {"dilation": (2,), "padding": 2}])
+def test_one_element_tuples_as_nn_conv2d_takes_them(option):
+    """nn.Conv2d broadcasts stride=(2,) and the like; from_float (and so quantize_dynamic,
+    which would have stopped on the error) must too."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, **option).eval()
+    x = torch.randn(1, 4, 11, 11)
+    q = QuantConv2d.from_float(conv)
+    assert q(x).shape == conv(x).shape
+    assert torch.allclose(q(x), conv(x), atol=0.05)
+    qm = int8kit.quantize_dynamic(nn.Sequential(conv), {nn.Conv2d})
+    assert isinstance(qm[0], QuantConv2d)
+
+
+def test_static_conv_refuses_input_parameters_it_cannot_use():
+    """A state dict or an in-place edit can hold an input scale that set_input_qparams
+    refuses; 0 would make the kernel measure the range (a dynamic conv), silently."""
+    from int8kit.nn.static import StaticQuantConv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 1e-42):
+        sd = StaticQuantConv2d.from_float(conv, 0.05, 128).state_dict()
+        sd["input_scale"] = torch.tensor([bad])
+        m = StaticQuantConv2d.from_float(conv, 0.05, 128)
+        m.load_state_dict(sd)
+        with pytest.raises(ValueError, match="input_scale"):
+            m(x)
+        with pytest.raises(ValueError, match="input_scale"):
+            m.quantize_input(x)
+        with pytest.raises(ValueError, match="input scale|input_scale"):
+            m.set_input_qparams(bad, 128)
+    m = StaticQuantConv2d.from_float(conv, 0.05, 128)
+    m.input_zero_point.fill_(300)
+    with pytest.raises(ValueError, match="input_zero_point"):
+        m(x)
 
 
 def test_quantize_dynamic_converts_conv_when_asked():

@@ -224,10 +224,8 @@ def test_bad_inputs_raise_clear_errors():
         ql(torch.randn(3, 9))
     with pytest.raises(ValueError, match="in_features"):
         ql(torch.tensor(1.0))
-    with pytest.raises(TypeError, match="x must be float32, bfloat16 or float16.*int64"):
+    with pytest.raises(TypeError, match="x must be float32, bfloat16, float16 or float64.*int64"):
         ql(torch.ones(3, 8, dtype=torch.int64))
-    with pytest.raises(TypeError, match="float64"):
-        ql(torch.randn(3, 8, dtype=torch.float64))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         ql([[0.0] * 8])
     # A tensor on another device (meta stands in for CUDA on a CPU-only machine).
@@ -326,6 +324,45 @@ def test_whole_model_pickles_without_the_packing():
     assert torch.equal(twin(x), model(x))
 
 
+def test_float64_in_float64_out():
+    """A float64 model converts and takes its own float64 inputs (computed via float32)."""
+    ql = QuantLinear.from_float(_linear(16, 8).double())
+    x = _x(3, 16)
+    y = ql(x.double())
+    assert y.dtype == torch.float64
+    assert torch.equal(y, ql(x).double())
+
+
+def test_failed_load_state_dict_leaves_the_module_unchanged():
+    """torch copies each matching buffer in place and reports the others; a module that
+    then repacked its weight would run with a half-loaded state."""
+    ql = QuantLinear.from_float(_linear(40, 24), weight="per_tensor")
+    x = _x(5, 40)
+    before = ql(x)
+    sd = QuantLinear.from_float(_linear(40, 24, seed=5)).state_dict()  # per-channel scales
+    with pytest.raises(RuntimeError, match="weight_scale"):
+        ql.load_state_dict(sd)
+    assert torch.equal(ql(x), before)
+    bad_w = dict(QuantLinear.from_float(_linear(40, 24, seed=5), weight="per_tensor")
+                 .state_dict(), qweight=torch.zeros(24, 41, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match="qweight"):
+        ql.load_state_dict(bad_w)
+    assert torch.equal(ql(x), before)
+
+
+def test_nan_or_inf_bias_is_not_convertible():
+    for bad in (float("nan"), float("inf")):
+        lin = _linear(8, 4)
+        with torch.no_grad():
+            lin.bias[1] = bad
+        with pytest.raises(NotConvertibleError, match="bias contains NaN or Inf"):
+            QuantLinear.from_float(lin)
+        q = int8kit.quantize_dynamic(nn.Sequential(lin))
+        assert isinstance(q[0], nn.Linear)
+        row = q.int8kit_report.layers[0]
+        assert not row.converted and "bias contains NaN or Inf" in row.detail
+
+
 def test_dtype_casts_keep_scales_and_bias_float32():
     ql = QuantLinear.from_float(_linear(16, 8))
     x = _x(3, 16)
@@ -356,6 +393,13 @@ def test_replaced_buffers_are_read_not_stale_views():
     assert torch.equal(ql(x), other(x))
     ql.bias.add_(1.0)  # in place: shows through the view
     assert torch.allclose(ql(x), other(x) + 1.0, atol=1e-5)
+    # New memory under the same tensor objects: the old views would read freed memory.
+    ql.bias.data = torch.zeros(5)
+    assert torch.allclose(ql(x), other(x) - other.bias, atol=1e-5)
+    ql.share_memory()  # moves every buffer to shared memory
+    assert torch.allclose(ql(x), other(x) - other.bias, atol=1e-5)
+    ql.bias.set_(other.bias.clone())
+    assert torch.equal(ql(x), other(x))
 
     sl = StaticQuantLinear.from_float(_linear(8, 5), torch.tensor([0.02]), torch.tensor([128]))
     y = sl(x)

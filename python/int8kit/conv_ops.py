@@ -21,7 +21,12 @@ MAX_K: int = _C.MAX_K
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    vals = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    try:
+        vals = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:  # not iterable: 3.0, None
+        vals = ()
+    if len(vals) == 1:  # (k,): nn.Conv2d takes it for (k, k)
+        vals = vals * 2
     if (len(vals) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
                               for v in vals)):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")

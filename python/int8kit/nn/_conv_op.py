@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import _C
+from ._base import checked_input_params
 
 
 def _out_hw(h: int, w: int, p: list[int]) -> tuple[int, int]:
@@ -106,7 +107,8 @@ def conv2d_static(x: torch.Tensor, packed: torch.Tensor, w_scale: torch.Tensor,
     """conv2d_dynamic with x quantized by the calibrated (in_scale, in_zero_point),
     one-element tensors (a traced graph cannot read them as numbers)."""
     return conv2d_dynamic_impl(x, packed, w_scale, bias, params, relu, threads, channels_last,
-                               x_qparams=(float(in_scale), int(in_zero_point)))
+                               x_qparams=checked_input_params(float(in_scale),
+                                                              int(in_zero_point)))
 
 
 @conv2d_static.register_fake

@@ -7,7 +7,8 @@ from torch import nn
 
 from .. import conv_ops
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, QuantModuleBase, check_float_input, use_custom_op
+from ._base import (NotConvertibleError, QuantModuleBase, check_float_input, checked_bias,
+                    use_custom_op)
 from ._conv_op import conv2d_dynamic, conv2d_dynamic_np, nchw_numpy
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
@@ -35,7 +36,7 @@ class QuantConv2d(QuantModuleBase):
     weight: int8 symmetric, "per_channel" (one scale per output channel) or "per_tensor".
     activation: uint8 asymmetric per tensor, measured at each call (torch.ao MinMax rule);
     the padding is the real value 0, i.e. the activation zero point.
-    Input: float32 / bfloat16 / float16 [N, C, H, W], contiguous or channels_last; the
+    Input: float32 / bfloat16 / float16 / float64 [N, C, H, W], contiguous or channels_last; the
     output has the input's dtype and memory format. Computation is channels-last inside.
     """
 
@@ -118,13 +119,14 @@ class QuantConv2d(QuantModuleBase):
             scale, zp = choose_qparams(w, symmetric=True, signed=True, axis=axis)
         except ValueError as e:
             raise NotConvertibleError(f"weight: {e}") from None
+        bias = checked_bias(conv.bias)
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                  _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
+                  _resolve_padding(conv), conv.dilation, conv.groups, bias is not None,
                   weight=weight, threads=threads)
         mod._set_qweight(quantize(w, scale, zp, signed=True, axis=axis))
         mod.weight_scale.copy_(scale.reshape(-1))
-        if conv.bias is not None:
-            mod.bias.copy_(conv.bias.detach().float())
+        if bias is not None:
+            mod.bias.copy_(bias)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +144,10 @@ class QuantConv2d(QuantModuleBase):
         if use_custom_op(x):
             channels_last = (x.is_contiguous(memory_format=torch.channels_last)
                              and not x.is_contiguous())
-            y = conv2d_dynamic(xf, self.packed, self.weight_scale, self.bias, self._params,
-                               False, self.threads or 0, channels_last)
+            # detach: the ops have no gradient (eager outputs never require grad), and a
+            # traced graph whose input requires grad would need one
+            y = conv2d_dynamic(xf.detach(), self.packed, self.weight_scale, self.bias,
+                               self._params, False, self.threads or 0, channels_last)
         else:  # eager: the layout read from numpy, buffers as cached numpy views
             xa, nhwc = nchw_numpy(xf)
             y = conv2d_dynamic_np(xa, nhwc, *self._kernel_views(), self._params, False,

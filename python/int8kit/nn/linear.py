@@ -9,7 +9,8 @@ from torch import nn
 from .. import _C, ops
 from .._custom_ops import _numpy, linear_dynamic
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, QuantModuleBase, check_float_input, use_custom_op
+from ._base import (NotConvertibleError, QuantModuleBase, check_float_input, checked_bias,
+                    use_custom_op)
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
 ACTIVATION_SCHEMES = ("per_row", "per_tensor")
@@ -28,7 +29,8 @@ class QuantLinear(QuantModuleBase):
     activation: uint8 asymmetric over the full [0, 255] range, measured "per_row" (per
     token) or "per_tensor" at each call. The int32 accumulation is exact on every kernel
     path, so torch's 7-bit reduce_range workaround is not needed.
-    Input: float32, bfloat16 or float16 of shape [..., in_features]; output: same dtype.
+    Input: float32, bfloat16, float16 or float64 of shape [..., in_features]; output: same
+    dtype (computed from float32).
     """
 
     _float32_buffers = ("weight_scale", "bias")
@@ -101,11 +103,12 @@ class QuantLinear(QuantModuleBase):
             scale, zp = choose_qparams(w, symmetric=True, signed=True, axis=axis)
         except ValueError as e:  # NaN / Inf weights
             raise NotConvertibleError(f"weight: {e}") from None
-        mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
+        bias = checked_bias(linear.bias)
+        mod = cls(linear.in_features, linear.out_features, bias is not None,
                   weight=weight, activation=activation, threads=threads)
         mod.weight_scale.copy_(scale.reshape(-1))
-        if linear.bias is not None:
-            mod.bias.copy_(linear.bias.detach().float())
+        if bias is not None:
+            mod.bias.copy_(bias)
         mod._set_qweight(quantize(w, scale, zp, signed=True, axis=axis))
         return mod
 
@@ -140,7 +143,9 @@ class QuantLinear(QuantModuleBase):
                              f"(in_features), got {tuple(shape)}")
         xf = x if x.dtype == torch.float32 else x.float()
         if use_custom_op(x):
-            x2 = xf if len(shape) == 2 else xf.reshape(-1, self.in_features)
+            # detach: the ops have no gradient (eager outputs never require grad), and a
+            # traced graph whose input requires grad would need one
+            x2 = (xf if len(shape) == 2 else xf.reshape(-1, self.in_features)).detach()
             y = linear_dynamic(x2, self.packed, self.weight_scale, self.bias, self.out_features,
                                self.activation_scheme == "per_row", self.relu, self.threads or 0)
             y = y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features)

@@ -23,7 +23,8 @@ import torch
 
 from .. import _C
 from ..qparams import choose_qparams, quantize
-from ._base import NotConvertibleError, check_float_input, use_custom_op
+from ._base import (NotConvertibleError, check_float_input, checked_input_params,
+                    use_custom_op)
 from .._custom_ops import linear_static
 from .._validate import requant_params
 from ._conv_op import conv2d_dynamic_np, conv2d_static, nchw_numpy
@@ -81,10 +82,9 @@ class _StaticMixin:
         zp = torch.as_tensor(zero_point).reshape(-1)
         if scale.numel() != 1 or zp.numel() != 1:
             raise ValueError("input scale and zero_point must be single values (per tensor)")
-        if not (bool(torch.isfinite(scale).all()) and float(scale) > 0):
-            raise ValueError(f"input scale must be finite and > 0, got {float(scale)}")
-        if zp.is_floating_point() or not 0 <= int(zp) <= 255:
+        if zp.is_floating_point():
             raise ValueError(f"input zero_point must be an integer in [0, 255], got {zp.item()}")
+        checked_input_params(float(scale), int(zp))
         self.input_scale.copy_(scale)
         self.input_zero_point.copy_(zp.to(torch.int32))
 
@@ -107,7 +107,7 @@ class _StaticMixin:
         key = (id(s), s._version, id(z), z._version)
         cache = self.__dict__.get("_input_params_cache")
         if cache is None or cache[0] != key:
-            cache = (key, (float(s), int(z)))
+            cache = (key, checked_input_params(float(s), int(z)))
             self.__dict__["_input_params_cache"] = cache
         return cache[1]
 
@@ -202,9 +202,10 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         if use_custom_op(x):  # traced: the int8kit::linear_static op
             self._check_x(x)
             xf = x if x.dtype == torch.float32 else x.float()
-            y = linear_static(xf.reshape(-1, self.in_features), self.packed, self.weight_scale,
-                              self.bias, self.input_scale, self.input_zero_point,
-                              self.out_features, self.relu, self.threads or 0)
+            y = linear_static(xf.reshape(-1, self.in_features).detach(), self.packed,
+                              self.weight_scale, self.bias, self.input_scale,
+                              self.input_zero_point, self.out_features, self.relu,
+                              self.threads or 0)  # detach: see QuantLinear
             y = y.reshape(*x.shape[:-1], self.out_features)
         else:
             y = self.forward_float(x)
@@ -307,10 +308,10 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
             self._check_shape(x.shape, "x")
             channels_last = (x.is_contiguous(memory_format=torch.channels_last)
                              and not x.is_contiguous())
-            y = conv2d_static(x if x.dtype == torch.float32 else x.float(), self.packed,
-                              self.weight_scale, self.bias, self._params, self.input_scale,
-                              self.input_zero_point, self.relu, self.threads or 0,
-                              channels_last)
+            y = conv2d_static((x if x.dtype == torch.float32 else x.float()).detach(),
+                              self.packed, self.weight_scale, self.bias, self._params,
+                              self.input_scale, self.input_zero_point, self.relu,
+                              self.threads or 0, channels_last)  # detach: see QuantLinear
         else:
             # Eager: one native call quantizes with the layout change, convolves and lays
             # the output out as x (the two halves cost ~20 us of Python and copies per layer).
