@@ -310,6 +310,14 @@ def test_corrupt_or_foreign_buffers_raise():
     from int8kit import ops
     with pytest.raises(ValueError, match="not an int8kit packed conv weight"):
         co.conv2d_s32(x, 0, ops.pack_weight(np.ones((8, 36), np.int8)).buffer)
+    # The per-group stride in the header: reading group g's header at g * group_bytes
+    # went outside the buffer (a crash) or to the wrong weights.
+    grouped = co.pack_conv_weight(np.ones((8, 2, 3, 3), np.int8), 1, 1, groups=2)
+    for group_bytes in (0, 1 << 40):
+        bad = grouped.buffer.clone().numpy()
+        bad[112:120].view(np.uint64)[0] = group_bytes
+        with pytest.raises(ValueError, match="corrupt"):
+            co.conv2d_s32(x, 0, torch.from_numpy(bad))
 
 
 def test_bad_arguments_raise_naming_them():

@@ -146,6 +146,20 @@ def test_fused_calls_reject_nan_and_inf():
             sl.quantize_input(x)
 
 
+@pytest.mark.parametrize("field, value", [("bias", float("nan")), ("w_scale", -1.0),
+                                          ("w_scale", float("inf"))])
+def test_bad_scales_or_bias_raise_on_both_routes(field, value):
+    """A few rows go through gemm() and its checks; many rows take the fused row-block
+    route, which calls the kernels directly: it must check the same (a NaN bias raised at
+    M = 8 and came out as NaN rows at M = 2000)."""
+    ql = QuantLinear.from_float(_linear(64, 16))
+    packed, ws, bias = (v.copy() for v in ql._kernel_views())
+    (bias if field == "bias" else ws)[3] = value
+    for m in (8, 2000):
+        with pytest.raises(ValueError, match=field):
+            _C.linear_dynamic(_x(m, 64).numpy(), packed, ws, bias, True, False, 1)
+
+
 def test_fused_binding_checks_its_arguments():
     ql = QuantLinear.from_float(_linear(8, 4))
     packed, ws, bias = ql._kernel_views()

@@ -374,6 +374,39 @@ def test_huge_python_int_zero_point_raises(rng, ref):
         ops.gemm_s32(a, 2**40, p)
 
 
+
+
+def test_arrays_that_were_pickled_are_accepted(rng, ref):
+    """A pickled array (multiprocessing, joblib) carries its own dtype object: equal to
+    numpy's, not the same one. It was refused with "must have dtype uint8, got uint8"."""
+    import pickle
+
+    a = pickle.loads(pickle.dumps(ref.rand_u8(rng, (4, 40))))
+    w = pickle.loads(pickle.dumps(ref.rand_s8(rng, (8, 40))))
+    out = pickle.loads(pickle.dumps(np.zeros((4, 8), np.int32)))
+    from int8kit import _C
+    got = _C.gemm(a, np.array([3], np.int32), ops.pack_weight(w).buffer.numpy(), out, None,
+                  None, None, False, 1.0, 0, 1, "")
+    np.testing.assert_array_equal(got, ref.gemm_s32(a, 3, w))
+    x = pickle.loads(pickle.dumps(rng.normal(size=(4, 8)).astype(np.float32)))
+    ops.quantize_dynamic_u8(x)
+    with pytest.raises(TypeError, match="float32"):  # a byte-swapped float32 is not float32
+        ops.quantize_dynamic_u8(x.astype(">f4"))
+
+
+def test_output_overlapping_an_input_is_refused(rng, ref):
+    from int8kit import _C
+    a = ref.rand_u8(rng, (16, 96))
+    packed = ops.pack_weight(ref.rand_s8(rng, (96, 96))).buffer.numpy()
+    args = (np.array([128], np.int32), packed)
+    with pytest.raises(ValueError, match="overlap"):
+        _C.gemm(a, *args, a, np.ones(1, np.float32), np.ones(96, np.float32), None, False,
+                1.0, 128, 1, "")  # uint8 out over a
+    with pytest.raises(ValueError, match="overlap"):
+        _C.gemm(ref.rand_u8(rng, (1, 96)), *args, packed[:96].reshape(1, 96),
+                np.ones(1, np.float32), np.ones(96, np.float32), None, False, 1.0, 128, 1, "")
+
+
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
 def test_bad_threads(rng, ref, threads):
     a, p = _setup(rng, ref)

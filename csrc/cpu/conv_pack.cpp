@@ -183,6 +183,12 @@ ConvView view_conv_packed(const uint8_t* buf, size_t nbytes) {
     v.dw_plain = reinterpret_cast<const int8_t*>(v.dw_colsum + v.cp);
     v.dw_expanded = v.dw_plain + v.p.kh * v.p.kw * v.cp;
   } else {
+    // Checked before group() reads a header at base + g * group_bytes: a corrupt value
+    // would send it outside the buffer.
+    const int64_t ocg = v.p.out_channels / v.p.groups;
+    const int64_t gb = round_up(static_cast<int64_t>(packed_size_bytes(ocg, group_k(v.p))), 64);
+    require(h.group_bytes == static_cast<uint64_t>(gb),
+            "packed conv weight header is corrupt");
     for (int64_t g = 0; g < v.p.groups; ++g) {
       const PackedView gv = v.group(g);
       require(gv.n == v.p.out_channels / v.p.groups && gv.k == group_k(v.p),

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "arg_checks.h"
 #include "int8kit/quantize.h"
 #include "kernels.h"
 #include "quantize_rows.h"
@@ -33,9 +34,15 @@ Scratch& scratch(int64_t q_bytes, int64_t nparams) {
   return s;
 }
 
+// Checked here, before any work: the fused route calls the kernels directly, without
+// gemm()'s checks (a NaN bias raised at M = 8 and came out as NaN at M = 2000).
 void check(const LinearArgs& a) {
   if (a.M < 0) throw std::invalid_argument("M must be >= 0");
   if (a.M > 0 && a.x == nullptr) throw std::invalid_argument("x is null");
+  if (a.B.weights == nullptr) throw std::invalid_argument("packed weight is empty");
+  if (a.w_scale == nullptr) throw std::invalid_argument("w_scale is null");
+  detail::check_scales(a.w_scale, a.w_scale_stride == 0 ? 1 : a.B.n, "w_scale");
+  if (a.bias != nullptr) detail::check_finite(a.bias, a.B.n, "bias");
 }
 
 GemmArgs gemm_args(const LinearArgs& a, const uint8_t* q, OutKind out, void* y) {

@@ -59,13 +59,13 @@ void fill_args(ConvArgs& c, const ConvParams& p, const py::handle& x_obj, int32_
   conv_output_size(p, c.h, c.w, &oh, &ow);
   if (!py::isinstance<py::array>(out_obj)) throw py::type_error("out must be a numpy array");
   py::array out = py::reinterpret_borrow<py::array>(out_obj);
-  if (out.dtype().is(py::dtype::of<int32_t>())) {
+  if (bind::has_dtype<int32_t>(out)) {
     c.out = OutKind::s32;
     c.y = checked<int32_t>(out, "out", 4).mutable_data();
-  } else if (out.dtype().is(py::dtype::of<float>())) {
+  } else if (bind::has_dtype<float>(out)) {
     c.out = OutKind::f32;
     c.y = checked<float>(out, "out", 4).mutable_data();
-  } else if (out.dtype().is(py::dtype::of<uint8_t>())) {
+  } else if (bind::has_dtype<uint8_t>(out)) {
     c.out = OutKind::u8;
     c.y = checked<uint8_t>(out, "out", 4).mutable_data();
   } else {
@@ -76,6 +76,8 @@ void fill_args(ConvArgs& c, const ConvParams& p, const py::handle& x_obj, int32_
     throw py::value_error("out must have shape [" + std::to_string(c.n) + ", " +
                           std::to_string(oh) + ", " + std::to_string(ow) + ", " +
                           std::to_string(p.out_channels) + "]");
+  if (bind::overlaps(out, x))
+    throw py::value_error("out must not overlap x (the conv reads x as it writes out)");
   if (c.out == OutKind::s32) return;
   c.x_scale = x_scale;
   auto ws = checked<float>(w_scale_obj, "w_scale", 1);

@@ -75,13 +75,13 @@ py::array gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj,
   py::array out = py::isinstance<py::array>(out_arg)
                       ? py::reinterpret_borrow<py::array>(out_arg)
                       : bind::aligned_empty({g.M, g.B.n}, py::dtype::from_args(out_arg));
-  if (out.dtype().is(py::dtype::of<int32_t>())) {
+  if (bind::has_dtype<int32_t>(out)) {
     g.out = OutKind::s32;
     g.C = checked<int32_t>(out, "out", 2).mutable_data();
-  } else if (out.dtype().is(py::dtype::of<float>())) {
+  } else if (bind::has_dtype<float>(out)) {
     g.out = OutKind::f32;
     g.C = checked<float>(out, "out", 2).mutable_data();
-  } else if (out.dtype().is(py::dtype::of<uint8_t>())) {
+  } else if (bind::has_dtype<uint8_t>(out)) {
     g.out = OutKind::u8;
     g.C = checked<uint8_t>(out, "out", 2).mutable_data();
   } else {
@@ -90,6 +90,8 @@ py::array gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj,
   if (out.shape(0) != g.M || out.shape(1) != g.B.n)
     throw py::value_error("out must have shape [" + std::to_string(g.M) + ", " +
                           std::to_string(g.B.n) + "]");
+  if (bind::overlaps(out, a) || bind::overlaps(out, py::reinterpret_borrow<py::array>(packed_obj)))
+    throw py::value_error("out must not overlap a or packed (the GEMM reads them as it writes)");
   g.ldc = g.B.n;
   if (g.out != OutKind::s32) {
     std::tie(g.a_scale, g.a_scale_stride) = per_index<float>(a_scale_obj, "a_scale", g.M);

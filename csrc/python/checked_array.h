@@ -13,13 +13,30 @@ namespace int8kit::bind {
 
 namespace py = pybind11;
 
+// Whether arr holds T: the same dtype object, or an equal one (an array that was pickled,
+// as multiprocessing and joblib do, carries its own copy; a non-native byte order is not
+// equal).
+template <typename T>
+bool has_dtype(const py::array& arr) {
+  const py::dtype want = py::dtype::of<T>();
+  return arr.dtype().is(want) || arr.dtype().equal(want);
+}
+
+// Whether the bytes of two C-contiguous arrays overlap: the kernels read their inputs
+// while they write the output, so an output over an input gives garbage.
+inline bool overlaps(const py::array& a, const py::array& b) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
 // Checks dtype, rank and C-contiguity.
 template <typename T>
 py::array_t<T> checked(const py::handle& obj, const char* name, int ndim) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy array");
   py::array arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(arr))
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(arr.dtype())));
