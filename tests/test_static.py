@@ -410,3 +410,142 @@ def test_handoff_plan_follows_dropout_mode_and_skips_identity():
         assert torch.equal(y_train, plain(x))  # the float path, dropout active
         chained.eval()
         assert torch.equal(chained(x), want)
+
+
+
+def _chain_model():
+    """(float model, its static QuantSequential, an input): conv -> relu -> max-pool ->
+    flatten -> linear -> linear, so the plan holds uint8 ops (closures) between layers."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4 * 3 * 3, 8), nn.Linear(8, 3)).eval()
+    q = quantize_static(model, torch.randn(16, 2, 6, 6), MINMAX, fuse=False)
+    assert type(q) is QuantSequential
+    return model, q, torch.randn(5, 2, 6, 6)
+
+
+def _by_hand(q, x):
+    """q's children one after another, each through __call__ (its hooks included)."""
+    for m in q:
+        x = m(x)
+    return x
+
+
+def test_whole_model_saves_and_copies_after_forward_and_compare():
+    import io
+    model, q, x = _chain_model()
+    with torch.no_grad():
+        want = q(x)
+    assert "_plan_cache" in q.__dict__  # the closures that pickle could not take
+    for step in ("forward", "compare"):
+        if step == "compare":
+            int8kit.compare(model, q, x, batch_sizes=(1,), latency_repeats=1,
+                            measure_memory=False)
+        buf = io.BytesIO()
+        torch.save(q, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        for twin in (loaded, copy.deepcopy(q)):
+            assert type(twin) is QuantSequential and "_plan_cache" not in twin.__dict__
+            with torch.no_grad():
+                assert torch.equal(twin(x), want)
+            assert "_plan_cache" in twin.__dict__  # rebuilt: the uint8 hand-off runs
+    with torch.no_grad():
+        assert torch.equal(q(x), want)
+
+
+def test_float_model_hooks_survive_quantize_static_and_fire_once_per_call():
+    torch.manual_seed(9)
+    inner = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), inner).eval()
+    seen = []
+    model[0].register_forward_hook(lambda m, a, out: seen.append(("0", out)))
+    inner.register_forward_hook(lambda m, a, out: seen.append(("2", out)))
+    inner[0].register_forward_pre_hook(lambda m, a: seen.append(("2.0 pre", a[0])))
+    inner[2].register_forward_hook(lambda m, a, kw, out: seen.append(("2.2", out)),
+                                   with_kwargs=True)
+    inner[1].register_forward_hook(lambda *a: seen.append(("2.1", None)))  # fused away
+    model[0].register_full_backward_hook(lambda *a: None)
+    q = quantize_static(model, torch.randn(32, 8))
+    assert type(q[2]) is QuantSequential and type(q[2][0]) is StaticQuantLinear
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        h0 = q[0](x)
+        h2 = q[2][2](q[2][0](q[1](h0)))
+        seen.clear()
+        y = q(x)
+        assert [k for k, _ in seen] == ["0", "2.0 pre", "2.2", "2"]
+        q(x)
+    assert len(seen) == 8  # once per call each
+    for key, want in (("0", h0), ("2.0 pre", q[1](h0)), ("2.2", h2), ("2", y)):
+        assert torch.equal(dict(seen[:4])[key], want)
+    assert torch.equal(y, h2)
+    notes = "\n".join(q.int8kit_report.notes)
+    assert "forward hooks and pre-hooks kept on 0, 2.0, 2.2" in notes
+    assert "backward and state_dict hooks not kept (as in quantize_dynamic) on 0" in notes
+    assert not q[0]._backward_hooks
+    assert "fused-away modules dropped: 2.1" in notes
+    assert "run one by one" in notes
+
+
+def test_hooks_registered_after_conversion_fire_with_the_float_values():
+    _, q, x = _chain_model()
+    with torch.no_grad():
+        fast = q(x)
+        want, h = [], x
+        for m in q:
+            h = m(h)
+            want.append(h)
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, a, out, i=i: seen.setdefault(i, []).append(out))
+               for i, m in enumerate(q)]
+    with torch.no_grad():
+        y = q(x)
+    assert torch.equal(y, fast)  # the same bits as the uint8 hand-off
+    assert sorted(seen) == list(range(len(q))) and all(len(v) == 1 for v in seen.values())
+    assert all(torch.equal(seen[i][0], want[i]) for i in range(len(q)))
+    for hd in handles:
+        hd.remove()
+    # torch's global hooks reach every child too
+    from torch.nn.modules.module import register_module_forward_hook
+    called = []
+    handle = register_module_forward_hook(lambda m, a, out: called.append(m))
+    try:
+        with torch.no_grad():
+            assert torch.equal(q(x), fast)
+    finally:
+        handle.remove()
+    assert [id(m) for m in called] == [id(m) for m in q] + [id(q)]
+
+
+def test_pre_hook_that_changes_the_input_is_honoured():
+    _, q, x = _chain_model()
+    with torch.no_grad():
+        plain = q(x)
+        q[4].register_forward_pre_hook(lambda m, a: (a[0] * 0.5,))
+        want = _by_hand(q, x)
+        got = q(x)
+    assert not torch.equal(want, plain)  # the hook matters
+    assert torch.equal(got, want)
+
+
+def test_model_without_hooks_takes_the_uint8_handoff():
+    _, q, x = _chain_model()
+    calls = []
+
+    def spy(forward):
+        return lambda *a: calls.append(forward) or forward(*a)
+
+    for m in q:
+        if isinstance(m, STATIC_MODULES):  # forward() runs only when called one by one
+            m.forward = spy(m.forward)
+    with torch.no_grad():
+        fast = q(x)
+        assert calls == []
+        steps = q.__dict__["_plan_cache"][1]
+        assert [s[0] for s in steps] == ["static", "u8", "u8", "u8", "static", "static"]
+        assert [s[3] for s in steps if s[0] == "static"] == [False, True, True]
+        handle = q[1].register_forward_pre_hook(lambda m, a: None)
+        assert torch.equal(q(x), fast) and len(calls) == 3
+        handle.remove()
+        assert torch.equal(q(x), fast) and len(calls) == 3  # back on the fast path

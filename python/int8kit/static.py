@@ -13,13 +13,13 @@ Where int8kit layers follow each other inside an nn.Sequential, linked only by o
 that commute with quantization (ReLU, MaxPool2d, Flatten, Identity, Dropout at eval), the
 container becomes a QuantSequential that hands the uint8 activation from one layer to the
 next: the producer requantizes its output straight to the consumer's calibrated input
-parameters in its epilogue, so no float tensor is materialized between them.
+parameters in its epilogue, so no float tensor is materialized between them. While any of
+its layers has a forward hook or pre-hook, it runs them one by one, as nn.Sequential does.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -27,14 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dynamic import ConversionReport, LayerReport, _module_bytes
-from .fusion import ConvReLU2d, LinearReLU, fuse_modules
+from .dynamic import _HOOK_DICTS, ConversionReport, LayerReport, _module_bytes
+from .fusion import ConvReLU2d, LinearReLU, find_fusable, fuse_modules
 from .nn._base import NotConvertibleError, use_custom_op
 from .nn.static import STATIC_MODULES, StaticQuantConv2d, StaticQuantLinear
 from .qconfig import QuantConfig
 
 _OBSERVER = "int8kit_input_observer"
 _QCONFIG = "_int8kit_qconfig"
+_FUSED_HOOKS = "_int8kit_fused_hooks"
+# Hooks a converted layer does not take over, as in quantize_dynamic: int8 layers have no
+# gradient, and their state_dict holds other entries.
+_OTHER_HOOKS = ("_backward_pre_hooks", "_backward_hooks", "_state_dict_pre_hooks",
+                "_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+_module = torch.nn.modules.module  # holds torch's global module hooks
+
+
+def _forward_hooked(mod: nn.Module) -> bool:
+    return bool(mod._forward_hooks or mod._forward_pre_hooks)
 
 
 def _float_layer(mod: nn.Module):
@@ -77,8 +87,12 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, *, fuse: bool =
         raise TypeError(f"config must be an int8kit.QuantConfig or None, got {type(config).__name__}")
     config.check_names(n for n, _ in model.named_modules())
     work = copy.deepcopy(model).eval()
+    fused_hooks = []  # modules whose forward hooks fusion drops (they become nn.Identity)
     if fuse:
-        work = fuse_modules(work, fuse_groups, inplace=True)
+        groups = find_fusable(work) if fuse_groups is None else fuse_groups
+        before = dict(work.named_modules())
+        work = fuse_modules(work, groups, inplace=True)
+        fused_hooks = [n for g in groups for n in g[1:] if _forward_hooked(before[n])]
     skipped, fused = [], []
     for name, mod in list(work.named_modules()):
         hit = _float_layer(mod)
@@ -96,6 +110,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, *, fuse: bool =
         setattr(mod, _QCONFIG, qconfig)
         mod.register_forward_pre_hook(_observe_input)
     work._int8kit_prepare_skips = skipped
+    setattr(work, _FUSED_HOOKS, fused_hooks)
     return work
 
 
@@ -198,6 +213,36 @@ def _strip(mod: nn.Module) -> None:
             delattr(mod, attr)
 
 
+def _take_hooks(new: nn.Module, olds: list[nn.Module]) -> tuple[bool, bool]:
+    """Gives `new` the forward hooks and pre-hooks of the modules it replaces (a fused
+    layer and its float conv/linear), as quantize_dynamic does. Returns whether there were
+    any, and whether the olds had other hooks, which are not taken."""
+    for attr in _HOOK_DICTS:
+        hooks = type(getattr(new, attr))()
+        for old in olds:
+            hooks.update(getattr(old, attr, {}))
+        setattr(new, attr, hooks)
+    return _forward_hooked(new), any(getattr(m, a, None) for m in olds for a in _OTHER_HOOKS)
+
+
+def _hook_notes(kept: list[str], other: list[str], fused: list[str], model) -> list[str]:
+    """What happened to the user's hooks, for the report."""
+    notes = []
+    if kept:
+        notes.append(f"forward hooks and pre-hooks kept on {', '.join(kept)}")
+    if other:
+        notes.append("backward and state_dict hooks not kept (as in quantize_dynamic) on "
+                     + ", ".join(other))
+    if fused:
+        notes.append(f"forward hooks of fused-away modules dropped: {', '.join(fused)} "
+                     "(prepare with fuse=False keeps them)")
+    if any(isinstance(m, QuantSequential) and any(map(_forward_hooked, m))
+           for m in model.modules()):
+        notes.append("QuantSequential layers with forward hooks or pre-hooks run one by one "
+                     "through their forward (no uint8 hand-off) while the hooks are there")
+    return notes
+
+
 def convert(prepared: nn.Module, *, handoff: bool = True, strict: bool = False) -> nn.Module:
     """A new model with every calibrated layer of `prepared` replaced by its static int8
     module; `prepared` is not modified. handoff=False keeps float tensors between layers
@@ -223,9 +268,16 @@ def convert(prepared: nn.Module, *, handoff: bool = True, strict: bool = False) 
         else:
             new_for[id(mod)] = new
     # Commit: nothing below fails on a well-formed module tree.
-    for mod in work.modules():
+    kept, other = [], []
+    for name, mod in work.named_modules():
         if hasattr(mod, _OBSERVER):
             _strip(mod)
+            if id(mod) in new_for:
+                hooked, dropped = _take_hooks(new_for[id(mod)], [mod, _float_layer(mod)[0]])
+                if hooked:
+                    kept.append(name or "(root)")
+                if dropped:
+                    other.append(name or "(root)")
     for parent in list(work.modules()):
         for key, child in parent._modules.items():
             if child is not None and id(child) in new_for:
@@ -233,7 +285,8 @@ def convert(prepared: nn.Module, *, handoff: bool = True, strict: bool = False) 
     work = new_for.get(id(work), work)
     if handoff:
         work = _chain(work, report)
-    for attr in ("_int8kit_prepare_skips", "int8kit_report"):
+    report.notes += _hook_notes(kept, other, getattr(prepared, _FUSED_HOOKS, []), work)
+    for attr in ("_int8kit_prepare_skips", _FUSED_HOOKS, "int8kit_report"):
         work.__dict__.pop(attr, None)
     report.model_bytes_after = _module_bytes(work)
     work.int8kit_report = report
@@ -312,14 +365,29 @@ def _plan(mods: list[nn.Module]) -> list[tuple]:
     return steps
 
 
+def _hooked(mods) -> bool:
+    """Would calling any of `mods` run a forward hook or pre-hook (its own or global)?"""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return True
+    for m in mods:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True
+    return False
+
+
 class QuantSequential(nn.Sequential):
     """nn.Sequential (same children, same state_dict keys) that passes uint8 activations
-    between linked int8kit layers instead of float tensors. Float in, float out."""
+    between linked int8kit layers instead of float tensors. Float in, float out.
+
+    While any child has a forward hook or pre-hook (or torch has global ones), the children
+    run one by one through their __call__, as in nn.Sequential: the hooks see, and may
+    change, the float values; without a pre-hook changing them the output is the same."""
 
     def forward(self, x):
-        if use_custom_op(x):  # traced: layer by layer, each through its custom op
-            return super().forward(x)
         mods = self._modules.values()
+        # Traced: layer by layer, each through its custom op. Hooked: see the docstring.
+        if use_custom_op(x) or _hooked(mods):
+            return super().forward(x)
         # The plan changes only if the children or their modes do (Dropout links only in
         # eval); a few microseconds of Python per layer matter on small inputs.
         key = (tuple(map(id, mods)), tuple(m.training for m in mods))
@@ -347,25 +415,26 @@ class QuantSequential(nn.Sequential):
                     q, zp = y, out[1]
         return x
 
+    def __getstate__(self):
+        # The plan holds closures (not picklable) and module ids (meaningless in a copy):
+        # torch.save and deepcopy leave it out, and the next forward rebuilds it.
+        state = super().__getstate__()
+        state.pop("_plan_cache", None)
+        return state
+
 
 def _chain(model: nn.Module, report: ConversionReport) -> nn.Module:
     """Turns every nn.Sequential with at least one producer -> consumer link into a
-    QuantSequential (children shared, so nothing is copied)."""
-    def convert_seq(seq):
+    QuantSequential in place: the same module with a new forward, so it keeps its
+    children, hooks, attributes and sharing."""
+    for name, seq in list(model.named_modules()):
+        if type(seq) is not nn.Sequential:
+            continue
         links = _links(list(seq._modules.values()))
-        if not links:
-            return seq
-        names = list(seq._modules)
-        report.notes.append("uint8 hand-off: " + ", ".join(
-            f"{names[i]} -> {names[j]}" for i, j in links.items())
-            + (f" (in {seq_names.get(id(seq)) or '(root)'})"))
-        new = QuantSequential(OrderedDict(seq._modules))
-        new.train(seq.training)
-        return new
-
-    seq_names = {id(m): n for n, m in model.named_modules()}
-    for parent in list(model.modules()):
-        for key, child in parent._modules.items():
-            if type(child) is nn.Sequential:
-                parent._modules[key] = convert_seq(child)
-    return convert_seq(model) if type(model) is nn.Sequential else model
+        if links:
+            names = list(seq._modules)
+            report.notes.append("uint8 hand-off: " + ", ".join(
+                f"{names[i]} -> {names[j]}" for i, j in links.items())
+                + f" (in {name or '(root)'})")
+            seq.__class__ = QuantSequential
+    return model

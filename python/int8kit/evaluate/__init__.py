@@ -216,9 +216,7 @@ def compare(float_model: nn.Module, quantized_model: nn.Module, data, *, labels=
                      f"under {prefix[:-1]!r}")
     if any(s.calls == 0 for s in layer_stats):
         notes.append("layers with no SQNR were never compared: their quantized module was "
-                     "not called through forward() (int8kit's uint8 hand-off in "
-                     "QuantSequential calls forward_quantized directly; convert with "
-                     "handoff=False to see them) or had no float output")
+                     "not called through forward() or had no float output")
     notes.append("weight bytes: parameters and buffers; int8kit modules report weight_bytes() "
                  "(what they hold: the packed weight the kernels read, scales, bias); "
                  "torch.ao quantized modules count their int8 weight, qparams and bias "
