@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,90 @@ def test_activation_kernel_uses_the_same_formula():
         s, z = int8kit.choose_qparams(x[m])
         assert float(scale[m]) == float(s) and int(zp[m]) == int(z)
         assert torch.equal(q[m], int8kit.quantize(x[m], s, z))
+
+
+# ------------------------------------------------- ranges, NaN and parameters (review fixes)
+
+
+def test_range_too_wide_for_a_float32_scale_names_the_argument():
+    # Finite values 4e38 apart: hi - lo overflows float32, and an inf scale would quantize
+    # everything to the zero point.
+    x = torch.tensor([[2e38, -2e38, 0.5, 1.0]])
+    with pytest.raises(ValueError, match=r"x: its range \[-2e\+38, 2e\+38\] is too wide "
+                                         r"for a float32 scale"):
+        int8kit.choose_qparams(x)
+    with pytest.raises(ValueError, match=r"x \(channel 1 along axis 0\): its range"):
+        int8kit.choose_qparams(torch.cat([torch.ones(1, 4), x]), axis=0)
+    with pytest.raises(ValueError, match="lo and hi: its range .* too wide"):
+        qparams_from_range(-2e38, 2e38)
+    with pytest.raises(ValueError, match="too wide"):  # 2-D ranges, as HistogramObserver's
+        qparams_from_range(torch.tensor([[0.0, -2e38]]), torch.tensor([[1.0, 2e38]]))
+    # What a float32 scale can span is accepted, and symmetric halves the width.
+    big = torch.finfo(torch.float32).max
+    for lo, hi in ((-big, 0.0), (0.0, big), (-big / 2, big / 2)):
+        assert torch.isfinite(qparams_from_range(lo, hi).scale)
+    assert torch.isfinite(int8kit.choose_qparams(x, symmetric=True, signed=True).scale)
+
+
+def test_quantize_refuses_nan_and_saturates_inf():
+    x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf")])
+    with pytest.raises(ValueError, match="x contains NaN"):
+        int8kit.quantize(x, 0.1, 128)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        int8kit.quantize(x[:2].reshape(1, 2), torch.ones(2), torch.zeros(2, dtype=torch.int32),
+                         axis=1)
+    assert int8kit.quantize(x[[0, 2, 3]], 0.1, 128).tolist() == [138, 255, 0]
+    assert int8kit.quantize(x[[2, 3]], 0.1, 0, signed=True).tolist() == [127, -128]
+
+
+_BAD_PARAMS = [  # (scale, zero_point, exception, what the message must say)
+    ("a", 0, TypeError, r"scale must be a real number .*got str"),
+    (None, 0, TypeError, r"scale must be a real number .*got NoneType"),
+    (True, 0, TypeError, r"scale must be a real number .*got bool"),
+    (1 + 2j, 0, TypeError, r"scale must be a real number .*got complex"),
+    (-1.0, 0, ValueError, r"scale must be finite and in \(0, 3\.40282e\+38\] .*got -1\.0"),
+    (1e39, 0, ValueError, r"scale must be finite and in \(0, .*got 1e\+39"),
+    (float("nan"), 0, ValueError, r"scale must be finite .*got nan"),
+    (0.1, None, TypeError, r"zero_point must be an integer .*got NoneType"),
+    (0.1, "3", TypeError, r"zero_point must be an integer .*got str"),
+    (0.1, 3.5, TypeError, r"zero_point must be an integer .*got float"),
+    (0.1, True, TypeError, r"zero_point must be an integer .*got bool"),
+    (0.1, [[1, 2], [3]], TypeError, r"zero_point must be an integer .*got list"),
+    (0.1, 10**20, ValueError, r"zero_point must be in \[.*got 100000000000000000000"),
+    (0.1, torch.tensor(2**40), ValueError, r"zero_point must be in \[.*got 1099511627776"),
+]
+
+
+@pytest.mark.parametrize("scale,zero_point,exc,match", _BAD_PARAMS)
+def test_bad_scale_or_zero_point_names_it_with_the_valid_range(scale, zero_point, exc, match):
+    with pytest.raises(exc, match=match):
+        int8kit.quantize(torch.ones(3), scale, zero_point)
+    with pytest.raises(exc, match=match):
+        int8kit.dequantize(torch.ones(3, dtype=torch.uint8), scale, zero_point)
+
+
+def test_zero_point_and_scale_ranges_in_the_message():
+    with pytest.raises(ValueError, match=r"scale .*got 0\.0 at index 1"):  # per channel
+        int8kit.quantize(torch.ones(3), torch.tensor([0.1, 0.0, 0.2]), [1, 2, 3], axis=0)
+    with pytest.raises(ValueError, match=r"zero_point must be in \[0, 255\] for 8-bit unsigned "
+                                         r"values, got 256"):
+        int8kit.quantize(torch.ones(2), 0.1, 256)
+    with pytest.raises(ValueError, match=r"zero_point must be in \[-8, 7\] for 4-bit signed"):
+        int8kit.quantize(torch.ones(2), 0.1, 8, bits=4, signed=True)
+    with pytest.raises(ValueError, match=r"zero_point must be in \[-2147483648, 2147483647\]"):
+        int8kit.dequantize(torch.ones(2, dtype=torch.uint8), 0.1, 2**31)
+    # A subnormal scale has no float32 reciprocal: 0 * inf would quantize 0 as NaN -> 0.
+    with pytest.raises(ValueError, match=r"scale must be at least 2\.93874e-39"):
+        int8kit.quantize(torch.zeros(2), 1e-40, 128)
+    assert int8kit.dequantize(torch.tensor([3], dtype=torch.uint8), 1e-40, 0).item() > 0
+
+
+def test_parameters_in_other_containers_still_work():
+    x = torch.tensor([[0.5, -1.0, 2.0]])
+    ref = int8kit.quantize(x, 0.1, 10)
+    for scale, zp in ((np.float64(0.1), np.int16(10)), (torch.tensor(0.1, dtype=torch.float64),
+                                                        torch.tensor(10, dtype=torch.uint8)),
+                      ([0.1], [10]), (np.array(0.1), 10)):
+        assert torch.equal(int8kit.quantize(x, scale, zp), ref)
+    assert torch.equal(int8kit.quantize(x, [0.1, 0.1, 0.1], (10, 10, 10), axis=1), ref)
+    assert int8kit.quantize(torch.tensor([4.0]), 2, 0).item() == 2  # an int scale

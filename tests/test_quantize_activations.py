@@ -241,10 +241,21 @@ def test_fixed_parameters_clamp_nan_huge_and_ties_as_the_scalar_path(rng, path):
 
 
 def test_largest_finite_values_are_accepted(path):
+    # The range, widened to include 0, must fit a float32: [-big, 0] and [0, big] do.
     big = np.finfo(np.float32).max
-    x = np.array([[big, -big, 0.0, 1.0]], np.float32)
-    q, scale, zp = quantize_on(path, x, per_row=True)
-    assert np.isfinite(x).all() and q.shape == (1, 4)  # did not raise
+    x = np.array([[big, 0.0, 1.0, 0.5], [-big, -1.0, 0.0, 0.5]], np.float32)
+    q, scale, _ = quantize_on(path, x, per_row=True)
+    assert np.isfinite(scale).all() and q[:, 0].tolist() == [255, 0]
+    q, scale, _ = quantize_on(path, x[:1], per_row=False)  # per tensor: one row's range
+    assert np.isfinite(scale).all() and q[0, 0] == 255
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_range_too_wide_for_a_float32_scale_raises(per_row):
+    # Finite but 4e38 apart: hi - lo overflows float32; the scale was inf and q all zero.
+    x = np.array([[0.5, 1.0, 2.0, 3.0], [2e38, -2e38, 0.5, 1.0]], np.float32)
+    with pytest.raises(ValueError, match=r"x: .*range .*too wide for a float32 scale"):
+        ops.quantize_dynamic_u8(x, per_row=per_row)
 
 
 def test_empty_rows(path):

@@ -1,6 +1,8 @@
 // Scalar activation quantization (oracle), and the shared parameter formula.
 #include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <stdexcept>
 
 #include "kernels.h"
 
@@ -9,6 +11,12 @@ namespace int8kit {
 void choose_qparams_u8(float lo, float hi, float* scale, int32_t* zp) {
   lo = lo < 0.f ? lo : 0.f;
   hi = hi > 0.f ? hi : 0.f;
+  if (!std::isfinite(hi - lo)) {  // finite values, but a range no float32 scale spans
+    char msg[128];
+    std::snprintf(msg, sizeof(msg), "x: its range [%g, %g] is too wide for a float32 scale "
+                  "(max - min must be at most 3.4e38)", lo, hi);
+    throw std::invalid_argument(msg);
+  }
   float s = (hi - lo) / 255.f;
   s = s > FLT_EPSILON ? s : FLT_EPSILON;
   float z = 0.f - std::nearbyint(lo / s);

@@ -170,3 +170,69 @@ def requant_params(scale, zero_point, what: str = "out") -> tuple[float, int]:
     if not 0 <= zp <= 255:
         raise ValueError(f"{what}_zero_point must be in [0, 255], got {zero_point}")
     return inv, zp
+
+
+def _real_tensor(value, name: str, integer: bool) -> torch.Tensor | None:
+    """value (a number, a sequence, an array or a tensor) as a detached tensor with a real
+    dtype, an integer one if `integer`; None for integers beyond int64 (the caller's range
+    error). Anything else (None, str, bool, complex, float where integers are due) raises a
+    TypeError naming the argument."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        kind = ("b" if t.dtype == torch.bool else "c" if t.is_complex()
+                else "f" if t.is_floating_point() else "i")
+        got = f"a tensor of dtype {t.dtype}"
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):  # ragged nesting
+            arr = np.asarray(None)
+        kind = arr.dtype.kind
+        got = type(value).__name__ if arr.ndim == 0 else f"an array of dtype {arr.dtype}"
+        # numpy keeps integers that int64 cannot hold as Python objects, or as uint64.
+        big = (kind == "O" and arr.size and all(type(v) is int for v in arr.flat)
+               or kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max)
+        if big and integer:
+            return None
+        if big:  # as a scale: float64 (inf past its range, refused by the caller)
+            flat = [float(v) if abs(v) < 2**1024 else math.inf if v > 0 else -math.inf
+                    for v in arr.flat]
+            arr, kind = np.array(flat).reshape(arr.shape), "f"
+        if kind in "iuf":
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64 if kind in "iu"
+                                                      else None))
+    if kind not in ("iu" if integer else "iuf"):
+        want = "an integer" if integer else "a real number"
+        raise TypeError(f"{name} must be {want} or a tensor (array, sequence) of them, "
+                        f"got {got}")
+    return t
+
+
+def _first_bad(t: torch.Tensor, bad: torch.Tensor) -> str:
+    """The first element of t where bad is True, with its index when t has several."""
+    i = int(bad.reshape(-1).nonzero()[0])
+    v = t.reshape(-1)[i].item()
+    return f"{v!r}" if t.numel() == 1 else f"{v!r} at index {i}"
+
+
+def scale_tensor(value, name: str = "scale") -> torch.Tensor:
+    """A scale (per tensor or per channel) as a float32 tensor; each must be finite and > 0
+    in float32 (1e39 is not)."""
+    t = _real_tensor(value, name, integer=False)
+    t32 = t.to(torch.float32)
+    bad = ~(torch.isfinite(t32) & (t32 > 0))
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be finite and in (0, {_FLOAT32_MAX:.6g}] (float32), "
+                         f"got {_first_bad(t, bad)}")
+    return t32
+
+
+def zero_point_tensor(value, name: str, lo: int, hi: int, what: str = "") -> torch.Tensor:
+    """An integer zero point (per tensor or per channel) as an int64 tensor, each in
+    [lo, hi]; `what` ends the range error (e.g. " for 8-bit unsigned values")."""
+    t = _real_tensor(value, name, integer=True)
+    bad = None if t is None else (t < lo) | (t > hi)
+    if t is None or bool(bad.any()):
+        got = str(value) if t is None else _first_bad(t, bad)
+        raise ValueError(f"{name} must be in [{lo}, {hi}]{what}, got {got}")
+    return t.to(torch.int64)

@@ -11,6 +11,9 @@ MinMaxObserver / PerChannelMinMaxObserver, so the defaults agree with torch valu
 with scale >= float32 eps (a constant tensor gets a usable scale instead of 0), and
     q = clamp(round_half_even(x * (1 / scale)) + zero_point, qmin, qmax)   in float32
     x_hat = (q - zero_point) * scale.
+
+A range wider than float32's largest value (max(hi, 0) - min(lo, 0) > 3.4e38, for example
+[-2e38, 2e38]) has no float32 scale: it raises ValueError (torch.ao would return inf).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+from ._validate import _FLOAT32_MAX, scale_tensor, zero_point_tensor
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -72,6 +77,13 @@ def _minmax(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tens
 def qparams_from_range(lo, hi, bits: int = 8, symmetric: bool = False,
                        signed: bool = False) -> QParams:
     """Parameters for an observed range [lo, hi] (tensors: 0-D, or 1-D per channel)."""
+    return _from_range(lo, hi, bits, symmetric, signed, "lo and hi")
+
+
+def _from_range(lo, hi, bits: int, symmetric: bool, signed: bool, name: str,
+                axis: int | None = None) -> QParams:
+    """qparams_from_range; a range too wide for a float32 scale is reported as `name`'s
+    (the range of channel i along `axis` when axis is given)."""
     qmin, qmax = qrange(bits, signed)
     lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -90,6 +102,15 @@ def qparams_from_range(lo, hi, bits: int = 8, symmetric: bool = False,
         scale = torch.max((hi_pos - lo_neg) / float(qmax - qmin), eps)
         zp = qmin - torch.round(lo_neg / scale).to(torch.int32)
         zp = torch.clamp(zp, qmin, qmax).to(torch.int32)
+    # Finite lo and hi can still be too far apart: hi - lo overflows float32 to inf, and an
+    # inf scale would quantize everything to the zero point.
+    if not bool(torch.isfinite(scale).all()):
+        lo, hi, scale = torch.broadcast_tensors(lo, hi, scale)
+        i = tuple(int(j) for j in (~torch.isfinite(scale)).nonzero()[0])
+        what = name if axis is None else f"{name} (channel {i[0]} along axis {axis})"
+        raise ValueError(f"{what}: its range [{float(lo[i]):.6g}, {float(hi[i]):.6g}] is too "
+                         "wide for a float32 scale (max(hi, 0) - min(lo, 0) must be at most "
+                         f"{_FLOAT32_MAX:.6g})")
     return QParams(scale, zp)
 
 
@@ -104,17 +125,15 @@ def choose_qparams(x: torch.Tensor, bits: int = 8, symmetric: bool = False,
     axis = _check_axis(axis, x.dim())
     qrange(bits, signed)
     lo, hi = _minmax(x, axis)
-    return qparams_from_range(lo, hi, bits, symmetric, signed)
+    return _from_range(lo, hi, bits, symmetric, signed, "x", axis)
 
 
-def _broadcast_params(scale, zero_point, x: torch.Tensor, axis: int | None):
-    """scale and zero point as float32 tensors shaped to broadcast against x."""
-    scale = torch.as_tensor(scale, dtype=torch.float32).detach()
-    zp = torch.as_tensor(zero_point).detach()
-    if zp.is_floating_point() or zp.dtype == torch.bool:
-        raise TypeError(f"zero_point must be integer, got {zp.dtype}")
-    if not bool(torch.isfinite(scale).all() and (scale > 0).all()):
-        raise ValueError("scale must be finite and > 0")
+def _broadcast_params(scale, zero_point, x: torch.Tensor, axis: int | None,
+                      zp_range: tuple[int, int, str]):
+    """scale (float32) and zero point (int64) as tensors shaped to broadcast against x;
+    zp_range: (lo, hi, what) the zero point must lie in."""
+    scale = scale_tensor(scale, "scale")
+    zp = zero_point_tensor(zero_point, "zero_point", *zp_range)
     if axis is None:
         if scale.numel() != 1 or zp.numel() != 1:
             raise ValueError("per-tensor scale and zero_point must have one element each "
@@ -131,26 +150,39 @@ def _broadcast_params(scale, zero_point, x: torch.Tensor, axis: int | None):
 
 def quantize(x: torch.Tensor, scale, zero_point, bits: int = 8, signed: bool = False,
              axis: int | None = None) -> torch.Tensor:
-    """Integer tensor (int8 if signed else uint8; fewer bits use the low range of it)."""
+    """Integer tensor (int8 if signed else uint8; fewer bits use the low range of it).
+
+    scale: finite, > 0 and with a finite float32 reciprocal; zero_point: an integer in
+    [qmin, qmax]; either a number (per tensor) or 1-D of length x.shape[axis]. Values
+    beyond the range, +Inf and -Inf included, saturate to qmin / qmax; NaN raises
+    ValueError (it has no quantized value).
+    """
     _check_float(x, "x")
     axis = _check_axis(axis, x.dim())
     qmin, qmax = qrange(bits, signed)
-    s, zp = _broadcast_params(scale, zero_point, x, axis)
-    if bool(((zp < qmin) | (zp > qmax)).any()):
-        raise ValueError(f"zero_point must be in [{qmin}, {qmax}] for {bits}-bit "
-                         f"{'signed' if signed else 'unsigned'} values")
+    what = f" for {bits}-bit {'signed' if signed else 'unsigned'} values"
+    s, zp = _broadcast_params(scale, zero_point, x, axis, (qmin, qmax, what))
+    inv = torch.reciprocal(s)
+    tiny = ~torch.isfinite(inv)  # below ~2.9e-39: 1/scale is inf, and 0 * inf is NaN
+    if bool(tiny.any()):
+        raise ValueError(f"scale must be at least {1 / _FLOAT32_MAX:.6g} (1/scale must be a "
+                         f"finite float32), got {float(s[tiny][0]):.6g}")
+    if bool(torch.isnan(x).any()):  # NaN would become 0 (torch's float -> int conversion)
+        raise ValueError("x contains NaN, which has no quantized value (+-Inf saturate)")
     # As torch does: multiply by the float32 reciprocal, round half to even, add zp, clamp.
-    t = torch.round(x.detach().float() * torch.reciprocal(s))
+    t = torch.round(x.detach().float() * inv)
     q = torch.clamp(t + zp.to(torch.float32), qmin, qmax)
     return q.to(torch.int8 if signed else torch.uint8)
 
 
 def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
-    """float32 (q - zero_point) * scale."""
+    """float32 (q - zero_point) * scale. scale: finite and > 0; zero_point: an int32
+    integer; either a number (per tensor) or 1-D of length q.shape[axis]."""
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
     if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise TypeError(f"q must be an integer tensor, got {q.dtype}")
     axis = _check_axis(axis, q.dim())
-    s, zp = _broadcast_params(scale, zero_point, q, axis)
+    i32 = torch.iinfo(torch.int32)  # zero points are int32, as QParams holds them
+    s, zp = _broadcast_params(scale, zero_point, q, axis, (i32.min, i32.max, " (int32)"))
     return (q.to(torch.float32) - zp.to(torch.float32)) * s

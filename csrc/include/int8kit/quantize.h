@@ -20,7 +20,8 @@ struct MinMax {
 
 // Min and max of x[0..n) (n >= 1), with a NaN/Inf flag.
 MinMax minmax_f32(const float* x, int64_t n);
-// scale and zero point for uint8 from a measured range (the formula above).
+// scale and zero point for uint8 from a measured range (the formula above); throws
+// std::invalid_argument when max(hi, 0) - min(lo, 0) overflows float32.
 void choose_qparams_u8(float lo, float hi, float* scale, int32_t* zp);
 // Quantizes x[0..n) with fixed parameters.
 void quantize_u8(const float* x, int64_t n, float scale, int32_t zp, uint8_t* q);

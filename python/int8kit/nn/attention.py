@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _C
+from .._validate import _FLOAT32_MAX
 from ._base import INPUT_DTYPES, NotConvertibleError, QuantModuleBase, use_custom_op
 from .linear import QuantLinear, _numpy
 
@@ -48,13 +49,33 @@ def _check_tensor(name: str, x, *, mask: bool = False) -> None:
     if mask and x.dtype != torch.bool and not x.is_floating_point():
         raise TypeError(f"{name} must be a bool or floating-point tensor, got {x.dtype}")
     if not mask and x.dtype not in INPUT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+        names = ", ".join(str(d).removeprefix("torch.") for d in INPUT_DTYPES)
+        raise TypeError(f"{name} must have one of the dtypes {names}, got {x.dtype}")
     if x.is_nested:  # TransformerEncoder makes them only on its fused path
         raise TypeError(f"{name}: nested tensors are not supported (set use_nested_tensor="
                         "False on the TransformerEncoder; quantize_dynamic does)")
     if not x.is_cpu:
         raise ValueError(f"{name} must be a CPU tensor (int8kit's kernels run on CPU), "
                          f"got device {x.device}")
+
+
+def _unquantizable(name: str, x: torch.Tensor, per_row: bool) -> str | None:
+    """Why dynamic activation quantization refuses x (as its projection sees it: rows of
+    the last dimension), naming it; None if it does not."""
+    x2 = x.detach().float().reshape(-1, x.shape[-1])
+    if x2.numel() == 0:
+        return None
+    if not bool(torch.isfinite(x2).all()):
+        return f"{name} contains NaN or Inf; its int8 projection cannot quantize it"
+    lo, hi = torch.aminmax(x2, dim=1) if per_row else torch.aminmax(x2)
+    wide = (hi.clamp(min=0) - lo.clamp(max=0)).isinf().reshape(-1)  # hi - lo overflows
+    if not bool(wide.any()):
+        return None
+    i = int(wide.nonzero()[0])
+    lo, hi = float(lo.reshape(-1)[i]), float(hi.reshape(-1)[i])
+    whose = "a row's" if per_row else "its"
+    return (f"{name}: {whose} range [{lo:.6g}, {hi:.6g}] is too wide for a float32 scale "
+            f"(max(hi, 0) - min(lo, 0) must be at most {_FLOAT32_MAX:.6g})")
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -76,6 +97,19 @@ class QuantMultiheadAttention(QuantModuleBase):
     more. This is also what routes torch's TransformerEncoderLayer (and a TransformerEncoder
     built around one) away from its fused kernel, which reads those tensors as float, to
     its ordinary path that calls this module.
+
+    NaN or Inf in query, key or value raise ValueError naming the argument (the int8
+    projections cannot quantize them), as does NaN or +inf in a float mask (-inf masks out).
+
+    Fully masked rows (key_padding_mask or attn_mask masking out every key for a query) give
+    what nn.MultiheadAttention's ordinary path gives, row by row, and leave the other rows
+    alone: with need_weights=True the softmax over no keys is NaN, so that query's weights
+    and output row are NaN (the NaN rows skip the int8 out_proj, which refuses NaN, and are
+    filled in after it); with need_weights=False torch's scaled_dot_product_attention
+    decides: zeros in torch 2.13, so the output row is out_proj's bias (torch's inference
+    fast path gives NaN there instead). Raising would fail the whole batch for one padded
+    sequence, and a TransformerEncoder (need_weights=False) with a fully padded sequence
+    keeps running through its int8 layers, which would refuse NaN rows.
     """
 
     _float32_buffers = ("bias_k", "bias_v")
@@ -146,10 +180,7 @@ class QuantMultiheadAttention(QuantModuleBase):
             raise TypeError(f"query, key and value must have one dtype, got {query.dtype}, "
                             f"{key.dtype}, {value.dtype}")
         batched = query.dim() == 3
-        if batched:
-            layout = "[batch, seq, {}]" if self.batch_first else "[seq, batch, {}]"
-        else:
-            layout = "[seq, {}]"
+        layout = "[batch, seq, {}]" if self.batch_first else "[seq, batch, {}]"
         for name, x, dim in (("query", query, self.embed_dim), ("key", key, self.kdim),
                              ("value", value, self.vdim)):
             if query.dim() not in (2, 3) or x.dim() != query.dim() or x.shape[-1] != dim:
@@ -178,8 +209,29 @@ class QuantMultiheadAttention(QuantModuleBase):
                 raise ValueError(f"attn_mask must have shape {[tgt, src]} or "
                                  f"{[bsz * self.num_heads, tgt, src]} ([batch * num_heads, "
                                  f"target, source]), got {tuple(attn_mask.shape)}")
+        for name, m in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            # NaN scores would reach the int8 out_proj, which refuses them. (Not while
+            # tracing: a data-dependent test breaks the graph; out_proj still raises.)
+            if m is not None and m.is_floating_point() and not use_custom_op(m) and bool(
+                    (m.isnan() | m.isposinf()).any()):
+                raise ValueError(f"{name} contains NaN or +inf; a float mask is added to the "
+                                 "attention scores (-inf masks a key out)")
 
     def _project(self, query, key, value):
+        """The q, k and v projections; a value error names query, key or value (the
+        kernels call their input x) when one of them cannot be quantized."""
+        try:
+            return self._project_all(query, key, value)
+        except ValueError:
+            # Checked only now: a pass over the inputs on every call would cost time.
+            for name, x, p in (("query", query, self.q_proj), ("key", key, self.k_proj),
+                               ("value", value, self.v_proj)):
+                why = _unquantizable(name, x, p.activation_scheme == "per_row")
+                if why:
+                    raise ValueError(why) from None
+            raise
+
+    def _project_all(self, query, key, value):
         """The q, k and v projections. Self-attention in eager mode quantizes its one input
         once for all three (one native call; the same bits as three QuantLinear calls)."""
         projs = (self.q_proj, self.k_proj, self.v_proj)
@@ -265,8 +317,29 @@ class QuantMultiheadAttention(QuantModuleBase):
             out = F.scaled_dot_product_attention(q, k, v, mask, p, causal)
         # [batch, heads, L, head_dim] -> the input's layout, heads merged
         out = out.permute(0, 2, 1, 3) if bf else out.permute(2, 0, 1, 3)
-        out = self.out_proj(out.flatten(-2))
+        out = out.flatten(-2)
+        nan_rows = self._fully_masked_nan_rows(out, mask, bf)
+        if nan_rows is None:
+            out = self.out_proj(out)
+        else:  # as float: NaN rows stay NaN; out_proj quantizes only the others
+            out = self.out_proj(out.masked_fill(nan_rows, 0.0)).masked_fill(nan_rows, float("nan"))
         return (out if batched else out.squeeze(0)), weights
+
+    def _fully_masked_nan_rows(self, out, mask, bf) -> torch.Tensor | None:
+        """[batch, L, 1] (or [L, batch, 1]) True where out's row is NaN because the mask
+        leaves a head of that query no key to attend to (softmax over none); None if no row
+        is. Other NaN is left to out_proj, which raises. While tracing, always a tensor:
+        a data-dependent branch would break the graph."""
+        if mask is None:
+            return None
+        eager = not use_custom_op(out)
+        dead = torch.isneginf(mask).all(-1)  # [batch or 1, heads or 1, L] or [L]
+        if eager and not bool(dead.any()):
+            return None
+        bsz, tgt = (out.shape[0], out.shape[1]) if bf else (out.shape[1], out.shape[0])
+        dead = dead.expand(bsz, self.num_heads, tgt).any(1)  # any head: out_proj mixes them
+        rows = torch.isnan(out).any(-1) & (dead if bf else dead.t())
+        return None if eager and not bool(rows.any()) else rows.unsqueeze(-1)
 
     def weight_bytes(self, include_packed: bool = True) -> int:
         own = sum(b.numel() * b.element_size() for b in self._buffers.values() if b is not None)

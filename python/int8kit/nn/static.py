@@ -26,7 +26,7 @@ from ..qparams import choose_qparams, quantize
 from ._base import (NotConvertibleError, check_float_input, checked_input_params,
                     use_custom_op)
 from .._custom_ops import linear_static
-from .._validate import requant_params
+from .._validate import requant_params, scale_tensor, zero_point_tensor
 from ._conv_op import conv2d_dynamic_np, conv2d_static, nchw_numpy
 from .conv import QuantConv2d, _resolve_padding
 from .linear import QuantLinear, _numpy
@@ -78,12 +78,10 @@ class _StaticMixin:
         self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32))
 
     def set_input_qparams(self, scale, zero_point) -> None:
-        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
-        zp = torch.as_tensor(zero_point).reshape(-1)
+        scale = scale_tensor(scale, "input scale").reshape(-1)
+        zp = zero_point_tensor(zero_point, "input zero_point", 0, 255).reshape(-1)
         if scale.numel() != 1 or zp.numel() != 1:
             raise ValueError("input scale and zero_point must be single values (per tensor)")
-        if zp.is_floating_point():
-            raise ValueError(f"input zero_point must be an integer in [0, 255], got {zp.item()}")
         checked_input_params(float(scale), int(zp))
         self.input_scale.copy_(scale)
         self.input_zero_point.copy_(zp.to(torch.int32))
