@@ -269,6 +269,111 @@ def test_depthwise_with_a_huge_kernel_span_runs_in_bounded_memory(ref, path):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+# In a fresh interpreter: the arrays of __NPZ__ as `a`, __SETUP__, then __CALL__; prints
+# how far the peak RSS (VmHWM, reset just before) rose in it, in MiB, and saves `out`.
+_PEAK_CHILD = """
+import numpy as np
+from int8kit import _C
+a = dict(np.load(__NPZ__))
+__SETUP__
+def peak_kib():
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # peak RSS := RSS now
+except OSError:
+    pass
+before = peak_kib()
+__CALL__
+print((peak_kib() - before) / 1024)
+np.save(__OUT__, out)
+"""
+
+
+def peak_growth_mib(ref, tmp_path, setup, call, **arrays):
+    """(peak RSS growth of `call` in MiB, `out`), run in a fresh interpreter. Large inputs
+    belong in `setup` (made there, not written to disk)."""
+    npz, out = tmp_path / "args.npz", tmp_path / "out.npy"
+    np.savez(npz, **arrays)
+    code = (_PEAK_CHILD.replace("__NPZ__", repr(str(npz))).replace("__OUT__", repr(str(out)))
+            .replace("__SETUP__", setup).replace("__CALL__", call))
+    try:
+        proc = ref.run_python(code, {})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return float(proc.stdout.split()[-1]), np.load(out)
+    finally:
+        npz.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_huge_padding_runs_in_bounded_memory(ref, tmp_path, path):
+    """A 1x1 input padded by 512 (legal up to 65536): the AVX-512 implicit GEMM wrote out
+    the whole padded input, 128 MiB for these 128 bytes of x (and kept it). Such convs take
+    the im2col route there: the scratch is a tile per thread."""
+    rng = np.random.default_rng(5)
+    c, oc, pad = 128, 4, 512
+    x = rng.integers(0, 256, (1, 1, 1, c), dtype=np.uint8)
+    w = rng.integers(-128, 128, (oc, c, 1, 1), dtype=np.int8)
+    packed = co.pack_conv_weight(w, 1, pad).buffer.numpy()
+    setup = f"out = np.full((1, {2 * pad + 1}, {2 * pad + 1}, {oc}), -1, np.int32)"  # 16 MiB
+    call = (f"_C.conv2d(a['x'], 3, a['packed'], out, 1.0, None, None, False, 1.0, 0, 2, "
+            f"{path!r})")
+    grown, got = peak_growth_mib(ref, tmp_path, setup, call, x=x, packed=packed)
+    assert grown < 4, f"peak RSS grew {grown:.0f} MiB"
+    np.testing.assert_array_equal(got, co.conv2d_reference(x, 3, w, 1, pad))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_huge_padding_3x3_takes_im2col_exactly(rng, path, threads):
+    """Convs whose padded copy would dwarf x and y (im2col on AVX-512 too), exact."""
+    for groups, stride in ((1, 1), (2, 2)):
+        x = rng.integers(0, 256, (2, 3, 2, 128), dtype=np.uint8)
+        w = rng.integers(-128, 128, (4, 128 // groups, 3, 3), dtype=np.int8)
+        packed = co.pack_conv_weight(w, stride, 60, 2, groups)
+        got = co.conv2d_s32(x, 201, packed, threads=threads, isa=path)
+        np.testing.assert_array_equal(got, co.conv2d_reference(x, 201, w, stride, 60, 2, groups))
+
+
+_THREADS_CHILD = """
+import numpy as np
+from int8kit import _C, conv_ops as co
+rng = np.random.default_rng(0)
+# (x shape, w shape, stride, padding, groups): padded GEMM (implicit on AVX-512: whole
+# padded copy, then edge copies), depthwise, strided 1x1, im2col (K % 4 != 0)
+cases = [((1, 4, 4, 16), (16, 16, 3, 3), 1, 1, 1), ((2, 40, 40, 32), (32, 32, 3, 3), 1, 1, 1),
+         ((1, 9, 9, 32), (32, 1, 3, 3), 1, 1, 32), ((1, 9, 9, 16), (8, 16, 1, 1), 2, 0, 1),
+         ((1, 6, 7, 3), (5, 3, 3, 3), 1, 1, 1)]
+for xs, ws, stride, pad, groups in cases:
+    w = rng.integers(-128, 128, ws, dtype=np.int8)
+    pb = co.pack_conv_weight(w, stride, pad, 1, groups).buffer.numpy()
+    scale = np.full(ws[0], 0.01, np.float32)
+    for path in PATHS:
+        for threads in (0, -1):
+            for _ in range(2):  # a new x each time: a stale output must not pass
+                x = rng.integers(0, 256, xs, dtype=np.uint8)
+                args = (x, 3, pb, np.int32, 1.0, None, None, False, 1.0, 0)
+                want = _C.conv2d(*args, 1, "scalar")
+                assert (_C.conv2d(*args, threads, path) == want).all(), (xs, path, threads)
+                xf = rng.standard_normal((xs[0], xs[3], xs[1], xs[2])).astype(np.float32)
+                oh, ow = want.shape[1:3]
+                y1, y0 = (np.full((xs[0], ws[0], oh, ow), np.nan, np.float32) for _ in "ab")
+                _C.conv2d_dynamic_f32(xf, False, pb, scale, None, False, y1, False, 1, path)
+                _C.conv2d_dynamic_f32(xf, False, pb, scale, None, False, y0, False, threads, path)
+                assert (y0.view(np.int32) == y1.view(np.int32)).all(), (xs, path, threads)
+print("ok")
+"""
+
+
+def test_threads_below_one_mean_one(ref, paths):
+    """gemm.h: nthreads < 1 means 1; conv2d and conv2d_dynamic_f32 too. The implicit GEMM's
+    padded copy divided by 0 threads (SIGFPE) and, at -1, skipped the copy (stale output)."""
+    proc = ref.run_python(_THREADS_CHILD.replace("PATHS", repr(paths)), {})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode,
+                                                                  proc.stderr[-2000:])
+
+
 def test_batch_of_zero_and_torch_inputs():
     w = torch.randint(-128, 128, (4, 3, 3, 3), dtype=torch.int8)
     packed = co.pack_conv_weight(w, 1, 1)

@@ -6,8 +6,9 @@
 //   offset g*C/G);
 // - on paths with a gathered-row kernel (AVX-512), an implicit GEMM: each row is a few
 //   runs of input bytes read in place from x, or for edge pixels from small copies with
-//   the padding written out (conv_windows.h). Without one, a strided 1x1 conv runs one
-//   output row at a time (row stride sw*C);
+//   the padding written out (conv_windows.h), unless such copies could dwarf x and y
+//   (huge padding). Without one, a strided 1x1 conv runs one output row at a time (row
+//   stride sw*C);
 // - otherwise rows are gathered into a per-thread im2col tile (padding filled with the
 //   activation zero point), sized to stay in L2, for the path's block kernel.
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned_scratch.h"
 #include "arg_checks.h"
 #include "conv_kernels.h"
 #include "conv_windows.h"
@@ -31,6 +33,8 @@ using detail::DwJob;
 // Below this many multiply-adds per thread, another thread costs more than it saves.
 constexpr int64_t kMinMacsPerThread = int64_t(1) << 19;
 constexpr int64_t kIm2colTileBytes = int64_t(192) << 10;  // per thread, well inside L2
+// Implicit GEMM scratch (the padded copy of x) always allowed: cheap however padded.
+constexpr double kPadCopyFloorBytes = double(1 << 20);
 constexpr int64_t kPanelsPerUnit = 3;  // the GEMM's widest tile, where the path has no tile_panels
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -142,7 +146,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
   // from its edge copies (im2col would copy every input byte KH*KW times).
   const detail::GemmGatherBlockFn gather = detail::kernels_for(isa).gemm_gather_block;
   int64_t run_len = 0;
-  const bool implicit = gather && !direct && !implicit_runs(p, 1, &run_len).empty();
+  const bool implicit = detail::conv_uses_implicit_gemm(a, isa);
   // Otherwise a strided 1x1 conv reads one output row's pixels in place, as rows
   // lda = sw*C apart: one GEMM per output row, no gather.
   const bool strided = pointwise && !direct && !implicit;
@@ -208,8 +212,7 @@ void run_gemm(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa isa) 
       }
     } else {
       if (built != gt) {
-        if (buf.size() < static_cast<size_t>(mt * ldb)) buf.resize(static_cast<size_t>(mt * ldb));
-        im2col(a, oh, ow, g, m0, m1, buf.data(), ldb);
+        im2col(a, oh, ow, g, m0, m1, detail::fit_scratch(buf, static_cast<size_t>(mt * ldb)), ldb);
         built = gt;
       }
       ga.A = buf.data();
@@ -261,7 +264,7 @@ void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa 
         kDwBandRows, kDwBandBytes / std::max<int64_t>(1, a.w * p.in_channels * p.stride_h));
     for (int64_t b0 = r0; b0 < r1;) {  // bands never cross an image
       const int64_t b1 = std::min({r1, b0 + band, (b0 / oh + 1) * oh});
-      la.x = (*prep)(b0, b1);
+      la.x = (*prep)(b0, b1, &lj.x_row0);
       fn(lj, b0, b1);
       b0 = b1;
     }
@@ -271,6 +274,7 @@ void run_depthwise(const ConvArgs& a, int64_t oh, int64_t ow, int nthreads, Isa 
 }  // namespace
 
 void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
+  nthreads = std::max(nthreads, 1);  // as gemm: < 1 means 1
   int64_t oh, ow;
   validate(a, &oh, &ow);
   if (!isa_supported(isa))
@@ -285,13 +289,24 @@ void conv2d_with_isa(const ConvArgs& a, int nthreads, Isa isa) {
 
 namespace detail {
 
-bool conv_uses_implicit_gemm(const ConvParams& p, Isa isa) {
+bool conv_uses_implicit_gemm(const ConvArgs& a, Isa isa) {
+  const ConvParams& p = a.wt.p;
   const bool direct = p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0 &&
                       p.stride_h == 1 && p.stride_w == 1;
   if (conv_is_depthwise(p) || direct || kernels_for(isa).gemm_gather_block == nullptr)
     return false;
   int64_t run_len = 0;
-  return !implicit_runs(p, 1, &run_len).empty();
+  if (implicit_runs(p, 1, &run_len).empty()) return false;
+  // Its scratch, at most the whole padded x, may be up to 4x the bytes of x and y: ordinary
+  // padding stays far below (a 3x3 pad 1 on 2x2 pixels: 4x of x alone), while padding up
+  // to 65536 would have it copy mostly zero points into GBs. im2col's scratch is a tile.
+  int64_t oh, ow;
+  conv_output_size(p, a.h, a.w, &oh, &ow);
+  using D = double;  // these products can pass int64
+  const D c = D(p.in_channels), oc = D(p.out_channels) * D(out_elem_size(a.out));
+  const D padded = D(a.n) * D(a.h + 2 * p.pad_h) * D(a.w + 2 * p.pad_w) * c;
+  const D xy = D(a.n) * (D(a.h) * D(a.w) * c + D(oh) * D(ow) * oc);
+  return padded <= std::max(kPadCopyFloorBytes, 4 * xy);
 }
 
 GemmArgs conv_epilogue_args(const ConvArgs& a, int64_t out_channels) {
@@ -317,6 +332,7 @@ void conv2d_depthwise_banded(const ConvArgs& a, int nthreads, Isa isa, const DwP
   static const uint8_t kDummy = 0;
   if (v.x == nullptr) v.x = &kDummy;  // validate() wants a pointer; prep provides the data
   validate(v, &oh, &ow);
+  nthreads = std::max(nthreads, 1);
   if (!isa_supported(isa))
     throw std::runtime_error(std::string("kernel path '") + isa_name(isa) +
                              "' cannot run on this CPU");

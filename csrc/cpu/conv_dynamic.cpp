@@ -10,12 +10,15 @@
 #include <string>
 #include <vector>
 
+#include "aligned_scratch.h"
 #include "conv_kernels.h"
 #include "kernels.h"
 #include "thread_pool.h"
 
 namespace int8kit {
 namespace {
+
+using detail::fit_scratch;
 
 constexpr int64_t kMinElemsPerThread = int64_t(1) << 16;
 constexpr int64_t kPixBlock = 64;  // pixels per unit of the layout passes
@@ -68,6 +71,7 @@ void over_pixels(int64_t n, int64_t hw, int nt, Fn fn) {
 bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* x_scale,
                         int32_t* x_zp) {
   const ConvParams& p = d.wt.p;
+  nthreads = std::max(nthreads, 1);  // as gemm: < 1 means 1
   int64_t oh, ow;
   conv_output_size(p, d.h, d.w, &oh, &ow);
   if (d.n == 0) return true;
@@ -107,20 +111,20 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   thread_local std::vector<uint8_t> qbuf;
   thread_local std::vector<float> ybuf;
   const int64_t oc = p.out_channels, ohw = oh * ow, ytotal = d.n * oc * ohw;
-  if (!d.y_nhwc) ybuf.resize(static_cast<size_t>(ytotal));
   ConvArgs a;
   a.n = d.n, a.h = d.h, a.w = d.w, a.x_zp = zp, a.wt = d.wt;
-  a.out = d.out_u8 ? OutKind::u8 : OutKind::f32, a.y = d.y_nhwc ? d.y : ybuf.data();
+  a.out = d.out_u8 ? OutKind::u8 : OutKind::f32;
+  a.y = d.y_nhwc ? d.y : fit_scratch(ybuf, static_cast<size_t>(ytotal));
   a.x_scale = *x_scale, a.out_inv_scale = d.out_inv_scale, a.out_zp = d.out_zp;
   a.w_scale = d.w_scale, a.w_scale_stride = d.w_scale_stride, a.bias = d.bias, a.relu = d.relu;
-  // Quantizes pixels [p0, p1) of image img to NHWC: pixel p goes to qi + p * c.
+  // Quantizes pixels [p0, p1) of image img to NHWC: pixel p goes to qi + (p - p0) * c.
   const auto quantize_pixels = [&](int64_t img, int64_t p0, int64_t p1, uint8_t* qi) {
-    if (d.x_nhwc) return kt.quantize_u8(d.x + (img * hw + p0) * c, (p1 - p0) * c, inv, zp, qi + p0 * c);
-    const float* x = d.x + img * c * hw;
+    if (d.x_nhwc) return kt.quantize_u8(d.x + (img * hw + p0) * c, (p1 - p0) * c, inv, zp, qi);
+    const float* x = d.x + img * c * hw + p0;  // pixel p0 as pixel 0 (channel stride hw)
 #if INT8KIT_HAVE_X86_KERNELS
-    if (v512) return detail::nchw_to_nhwc_u8_avx512(x, c, hw, p0, p1, inv, zp, qi);
+    if (v512) return detail::nchw_to_nhwc_u8_avx512(x, c, hw, 0, p1 - p0, inv, zp, qi);
 #endif
-    nchw_to_nhwc_u8_generic(kt, x, c, hw, p0, p1, inv, zp, qi);
+    nchw_to_nhwc_u8_generic(kt, x, c, hw, 0, p1 - p0, inv, zp, qi);
   };
 
   if (d.wt.layout == ConvLayout::depthwise) {
@@ -128,30 +132,42 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
     // kernel reads them, into its own buffer: the uint8 tensor never goes through memory.
     static std::atomic<uint64_t> calls{0};
     const uint64_t id = ++calls;
-    detail::conv2d_depthwise_banded(a, nthreads, isa, [&](int64_t r0, int64_t r1) {
-      thread_local std::vector<uint8_t> band;
-      thread_local int64_t img = -1, done = 0;  // input rows [.., done) of img are in band
-      thread_local uint64_t call = 0;           // ... for this call
-      if (band.size() < static_cast<size_t>(total)) band.resize(static_cast<size_t>(total));
+    const int64_t row = d.w * c;
+    detail::conv2d_depthwise_banded(a, nthreads, isa, [&](int64_t r0, int64_t r1, int64_t* row0) {
+      thread_local std::vector<uint8_t> band;  // input rows [first, done) of img
+      thread_local int64_t img = -1, first = 0, done = 0;
+      thread_local uint64_t call = 0;  // ... for this call
       const int64_t n = r0 / oh, y0 = r0 % oh, y1 = (r1 - 1) % oh;
       const int64_t lo = std::max<int64_t>(0, y0 * p.stride_h - p.pad_h);
-      const int64_t hi = std::min(d.h, y1 * p.stride_h - p.pad_h + (p.kh - 1) * p.dil_h + 1);
-      if (call != id || img != n || done < lo) img = n, done = lo, call = id;
-      if (done < hi) quantize_pixels(n, done * d.w, hi * d.w, band.data() + n * c * hw);
+      const int64_t hi =
+          std::max(lo, std::min(d.h, y1 * p.stride_h - p.pad_h + (p.kh - 1) * p.dil_h + 1));
+      // Rows [hi, end) are read with zero weights (DwPrepFn): room, not values.
+      const int64_t end =
+          std::max(hi, std::min(d.h, hi + detail::kDwRowsPastWindows * p.dil_h));
+      const auto bytes = [&](int64_t rows) { return static_cast<size_t>(rows * row); };
+      if (call != id || img != n || done <= lo || lo < first) {  // nothing to keep
+        img = n, first = done = lo, call = id;
+        fit_scratch(band, bytes(end - lo));
+      } else {  // the rows this band shares with the last one move to the front
+        std::memmove(band.data(), band.data() + bytes(lo - first), bytes(done - lo));
+        first = lo;
+        if (band.size() < bytes(end - lo)) band.resize(bytes(end - lo));
+      }
+      if (done < hi) quantize_pixels(n, done * d.w, hi * d.w, band.data() + bytes(done - first));
       done = std::max(done, hi);
+      *row0 = n * d.h + first;
       return static_cast<const uint8_t*>(band.data());
     });
   } else if (p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0 &&
              (p.stride_h > 1 || p.stride_w > 1)) {
     // A strided 1x1 conv reads only the pixels (oy*sh, ox*sw): quantize just those into a
     // compact [n, oh, ow, C] tensor, and run a 1x1 stride-1 conv (a plain GEMM) on it.
-    qbuf.resize(static_cast<size_t>(d.n * ohw * c));
-    uint8_t* const q = qbuf.data();
+    uint8_t* const q = fit_scratch(qbuf, static_cast<size_t>(d.n * ohw * c));
     const int64_t rows = d.n * oh;
     const int nq = static_cast<int>(std::clamp<int64_t>(rows * ow * c / kMinElemsPerThread, 1,
                                                         std::min<int64_t>(nt, rows)));
     detail::parallel_for(nq, [&](int tid) {
-      thread_local std::vector<uint8_t> line;  // this worker's quantized input rows (NCHW x)
+      thread_local std::vector<uint8_t> line;  // this worker's quantized input row (NCHW x)
       const auto [r0, r1] = split(rows, nq, tid, 1);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t img = r / oh, y = (r % oh) * p.stride_h;
@@ -162,10 +178,8 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
                            out + ox * c);
           continue;
         }
-        // (image-sized, so row y can sit at its own offset: quantize_pixels' contract)
-        if (line.size() < static_cast<size_t>(hw * c)) line.resize(static_cast<size_t>(hw * c));
-        quantize_pixels(img, y * d.w, (y + 1) * d.w, line.data());
-        const uint8_t* src = line.data() + y * d.w * c;
+        uint8_t* const src = fit_scratch(line, static_cast<size_t>(d.w * c));
+        quantize_pixels(img, y * d.w, (y + 1) * d.w, src);
         for (int64_t ox = 0; ox < ow; ++ox)
           std::memcpy(out + ox * c, src + ox * p.stride_w * c, static_cast<size_t>(c));
       }
@@ -173,12 +187,11 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
     a.x = q, a.h = oh, a.w = ow;
     a.wt.p.stride_h = a.wt.p.stride_w = 1;
     conv2d_with_isa(a, nthreads, isa);
-  } else if ((p.pad_h || p.pad_w) && detail::conv_uses_implicit_gemm(p, isa)) {
+  } else if ((p.pad_h || p.pad_w) && detail::conv_uses_implicit_gemm(a, isa)) {
     // The implicit GEMM reads a padded input: quantize straight into one, border = zp,
     // and run the conv on it with no padding (the same sums).
     const int64_t hp = d.h + 2 * p.pad_h, wp = d.w + 2 * p.pad_w;
-    qbuf.resize(static_cast<size_t>(d.n * hp * wp * c));
-    uint8_t* const q = qbuf.data();
+    uint8_t* const q = fit_scratch(qbuf, static_cast<size_t>(d.n * hp * wp * c));
     const int64_t rows = d.n * hp;
     const int nq = static_cast<int>(std::min<int64_t>(nt, rows));
     detail::parallel_for(nq, [&](int tid) {
@@ -192,21 +205,19 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
         }
         std::memset(row, zp, static_cast<size_t>(p.pad_w * c));
         std::memset(row + (p.pad_w + d.w) * c, zp, static_cast<size_t>((wp - d.w - p.pad_w) * c));
-        // Pixel (y, x) goes to column pad_w + x of padded row r. The base pointer stays
-        // inside the image's padded buffer, since wp >= w.
-        quantize_pixels(img, y * d.w, (y + 1) * d.w, row + (p.pad_w - y * d.w) * c);
+        // Pixel (y, x) goes to column pad_w + x of padded row r.
+        quantize_pixels(img, y * d.w, (y + 1) * d.w, row + p.pad_w * c);
       }
     });
     a.x = q, a.h = hp, a.w = wp;
     a.wt.p.pad_h = a.wt.p.pad_w = 0;
     conv2d_with_isa(a, nthreads, isa);
   } else {
-    qbuf.resize(static_cast<size_t>(total));
     // The pointer is taken here: inside the workers, `qbuf` would name their own
     // (empty) thread_local copy, not this thread's.
-    uint8_t* const q = qbuf.data();
+    uint8_t* const q = fit_scratch(qbuf, static_cast<size_t>(total));
     over_pixels(d.n, hw, nt, [&](int64_t img, int64_t p0, int64_t p1) {
-      quantize_pixels(img, p0, p1, q + img * c * hw);
+      quantize_pixels(img, p0, p1, q + (img * hw + p0) * c);
     });
     a.x = q;
     conv2d_with_isa(a, nthreads, isa);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "aligned_scratch.h"
 #include "thread_pool.h"
 
 namespace int8kit::detail {
@@ -69,8 +70,7 @@ void ConvWindows::prepare(const ConvArgs& a, int64_t oh, int64_t ow, int nthread
     images_per_strip_ = strip_w > 0 ? a.w / strip_w : 1;
     const int64_t strip_blocks = (a.n + images_per_strip_ - 1) / images_per_strip_;
     const int64_t rows = strip_blocks * strip_rows + a.n * (top_h_ + bottom_h_);
-    buf_.resize(static_cast<size_t>(rows * row));
-    strip_ = buf_.data();
+    strip_ = fit_scratch(buf_, static_cast<size_t>(rows * row));
     top_ = strip_ + strip_blocks * strip_rows * row;
     bottom_ = top_ + a.n * top_h_ * row;
   } else {
@@ -79,14 +79,13 @@ void ConvWindows::prepare(const ConvArgs& a, int64_t oh, int64_t ow, int nthread
       padded_ = a.x;
       return;
     }
-    buf_.resize(static_cast<size_t>(a.n * hp_ * wp * c_));
-    padded_ = buf_.data();
+    padded_ = fit_scratch(buf_, static_cast<size_t>(a.n * hp_ * wp * c_));
   }
   if (per_image == 0) return;
   const int64_t jobs = a.n * per_image;
   const int64_t bytes = a.n * (edges ? edge_px : hp_ * wp) * c_;
   // Split from 32 KB per thread: otherwise the other threads wait out this copy.
-  const int nt = static_cast<int>(std::clamp<int64_t>(bytes >> 15, 1, nthreads));
+  const int nt = static_cast<int>(std::clamp<int64_t>(bytes >> 15, 1, std::max(nthreads, 1)));
   uint8_t* const padded = buf_.data();  // when !edges
   parallel_for(nt, [&](int tid) {
     for (int64_t j = jobs * tid / nt; j < jobs * (tid + 1) / nt; ++j) {

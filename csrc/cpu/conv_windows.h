@@ -11,7 +11,8 @@
 //   - top and bottom bands: the padded rows the first and last output rows read, x's
 //     width only (their pixels' columns lie inside x).
 // On small images the strips and bands would cost as much as the whole copy: there it
-// makes the padded copy and reads only that.
+// makes the padded copy and reads only that. Where that copy would dwarf x and y (padding
+// up to 65536), conv.cpp does not use the implicit GEMM (conv_uses_implicit_gemm).
 #pragma once
 
 #include <cstdint>

@@ -290,6 +290,8 @@ constexpr int64_t kMaxLaneCacheBytes = int64_t(16) << 20;
 
 template <class Lanes>
 void depthwise_lane_rows(const DwJob& j, int64_t r0, int64_t r1) {
+  // A lane row's spare rows (at most kRows - 1) are read past the windows: see DwPrepFn.
+  static_assert(Lanes::kRows - 1 <= kDwRowsPastWindows, "bands would end too soon");
   const ConvParams& p = j.a->wt.p;
   Layout L = layout<Lanes>(j);
   const int64_t span = (p.kw - 1) * p.dil_w + 1;
