@@ -4,8 +4,6 @@ for bit, on every path, layout, and thread count."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from torch import nn
 from int8kit import _C, ops
 from int8kit import conv_ops as co
 
-from test_conv_kernels import SHAPES, peak_growth_mib
+from test_conv_kernels import RSS_MEASURABLE, RSS_REASON, SHAPES, peak_growth_mib
 
 
 def oracle(x_nchw, w, ws, bias, relu, stride, padding, dilation, groups):
@@ -122,7 +120,7 @@ BOUNDED = [
 ]
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.skipif(not RSS_MEASURABLE, reason=RSS_REASON)
 @pytest.mark.parametrize("shape", BOUNDED, ids=["depthwise_bands", "strided_1x1", "pad512"])
 def test_dynamic_scratch_is_bounded(ref, tmp_path, path, shape):
     n, c, h, w_, oc, k, stride, padding, groups, threads, bound = shape
@@ -185,7 +183,7 @@ print(big - rss_mib())
 """
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.skipif(not RSS_MEASURABLE, reason=RSS_REASON)
 def test_huge_scratch_is_released_by_a_small_call(ref, path):
     """Thread-local scratch used to keep the size of the largest call for good."""
     proc = ref.run_python(_RELEASE_CHILD.replace("PATH", repr(path)), {})
