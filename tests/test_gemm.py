@@ -343,10 +343,11 @@ def test_bad_activations(rng, ref, make_a, exc, words):
     (np.zeros((3, 1), np.int32), ValueError), (np.array([1.0, 2.0, 3.0]), TypeError),
     (True, TypeError),
 ])
-def test_bad_zero_points_uint8(rng, ref, zp, exc):
+@pytest.mark.parametrize("as_torch", [False, True])  # torch: ops' fast path, then checks
+def test_bad_zero_points_uint8(rng, ref, zp, exc, as_torch):
     a, p = _setup(rng, ref)
     with pytest.raises(exc, match="a_zero_point"):
-        ops.gemm_s32(a, zp, p)
+        ops.gemm_s32(torch.from_numpy(a) if as_torch else a, zp, p)
 
 
 @pytest.mark.parametrize("zp", [128, -129, np.array([0, 128, 0]), 255])
@@ -408,10 +409,11 @@ def test_output_overlapping_an_input_is_refused(rng, ref):
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
-def test_bad_threads(rng, ref, threads):
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_bad_threads(rng, ref, threads, as_torch):
     a, p = _setup(rng, ref)
     with pytest.raises(ValueError, match="threads"):
-        ops.gemm_s32(a, 0, p, threads=threads)
+        ops.gemm_s32(torch.from_numpy(a) if as_torch else a, 0, p, threads=threads)
 
 
 @pytest.mark.parametrize("isa", ["bogus", "AVX2", "", "sse"])

@@ -98,22 +98,21 @@ def per_index(value, name: str, n: int, dtype) -> np.ndarray:
     return out
 
 
-_TORCH_OF = {np.int32: torch.int32, np.float32: torch.float32}
-
-
 def kernel_param(value, name: str, n, dtype) -> np.ndarray:
     """A per-index parameter for a kernel that checks its length and values itself (range,
     finite, > 0): one that already has the kernel's dtype and is 1-D and contiguous goes as
     it is; anything else is converted and checked by per_index. n: the full length, or a
     function giving it (asked only then). Numpy reductions cost several microseconds each
     when a big kernel has just evicted the interpreter from cache."""
-    if type(value) is np.ndarray:
-        if value.dtype == dtype and value.ndim == 1 and value.flags.c_contiguous:
-            return value
-    elif (type(value) is torch.Tensor and value.dtype is _TORCH_OF[dtype] and value.dim() == 1
-          and value.is_cpu and value.layout is torch.strided and value.is_contiguous()
-          and not value.requires_grad):
-        return value.numpy()
+    arr = value
+    if type(value) is torch.Tensor:  # numpy's view: its attributes cost less than torch's
+        try:
+            arr = value.numpy()  # raises for another device, sparse, requires_grad, ...
+        except (TypeError, RuntimeError):
+            arr = None
+    if (type(arr) is np.ndarray and arr.dtype is _NUMPY_DTYPE[dtype] and arr.ndim == 1
+            and arr.flags.c_contiguous):
+        return arr
     return per_index(value, name, n() if callable(n) else n, dtype)
 
 

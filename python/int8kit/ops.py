@@ -162,8 +162,26 @@ def _activations(a, a_zero_point):
     return arr, zp, is_torch
 
 
+_U8 = np.dtype(np.uint8)
+
+
 def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=None,
          relu=False, out_inv_scale=1.0, out_zero_point=0, threads=None, isa=None):
+    # The common int32 call (a uint8 [M, K] CPU tensor, an int zero point, a PackedWeight)
+    # in as few Python steps as possible: at M = 1 each costs about as much as the GEMV,
+    # more when the GEMM has just pushed the interpreter out of cache. Everything else,
+    # and any argument this path does not accept, goes through the checks below.
+    if (out_dtype is np.int32 and type(a) is torch.Tensor and type(a_zero_point) is int
+            and isa is None and type(packed) is PackedWeight and 0 <= a_zero_point <= 255):
+        try:
+            arr = a.numpy()
+        except (TypeError, RuntimeError):
+            arr = None
+        if (arr is not None and arr.dtype is _U8 and arr.ndim == 2 and arr.flags.c_contiguous
+                and (threads is None or (type(threads) is int and threads > 0))):
+            return torch.from_numpy(_C.gemm(
+                arr, _ZP_ARRAYS[a_zero_point], packed._view, out_dtype, None, None, None,
+                False, 1.0, 0, threads or torch.get_num_threads(), ""))
     buf = _packed_buffer(packed)
     arr, zp, is_torch = _activations(a, a_zero_point)
     # values (scales finite and > 0, bias finite) are checked by the kernel
