@@ -329,6 +329,35 @@ def test_tiny_out_scale_and_nan_bias_are_rejected_with_clear_messages(setup):
         ops.gemm_f32(a, 0, 0.5, p, 1.0, bias)
 
 
+_FMAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("where", [0, 1, 500, 1016, 1022])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 0.0, -0.0, -1.0, -_FMAX])
+def test_value_scans_find_a_bad_value_anywhere(rng, ref, where, bad):
+    """The kernels' scale and bias checks are vectorized scans: a bad value in any lane or
+    in the tail is found and its index named; the extremes of valid values pass."""
+    n = 1023  # not a multiple of any vector width
+    a = ref.rand_u8(rng, (2, 8))
+    p = ops.pack_weight(ref.rand_s8(rng, (n, 8)))
+    w_scale = np.full(n, 0.5, np.float32)
+    w_scale[[3, 7]] = _FMAX, np.float32(1e-45)  # finite and > 0 (1e-45: a denormal)
+    bias = np.zeros(n, np.float32)
+    bias[[2, 9]] = _FMAX, -_FMAX
+    ops.gemm_f32(a, 0, 1e-30, p, w_scale, bias)  # all valid
+    bad_scale = w_scale.copy()
+    bad_scale[where] = bad
+    with pytest.raises(ValueError, match=f"w_scale must be finite and > 0.*index {where}"):
+        ops.gemm_f32(a, 0, 1.0, p, bad_scale, bias)
+    bad_bias = bias.copy()
+    bad_bias[where] = bad
+    if np.isfinite(bad):
+        ops.gemm_f32(a, 0, 1.0, p, w_scale, bad_bias)
+    else:
+        with pytest.raises(ValueError, match=f"bias must be finite.*index {where}"):
+            ops.gemm_f32(a, 0, 1.0, p, w_scale, bad_bias)
+
+
 def test_outputs_start_on_a_cache_line(setup):
     # numpy aligns to 16 bytes; rows two threads write side by side then share cache lines
     a, p, m, n = setup
