@@ -306,3 +306,112 @@ def test_transformer_relu_runs_in_linear1s_epilogue_with_the_same_results(tmp_pa
     qg = int8kit.quantize_dynamic(gelu)
     assert not qg.layers[0].linear1.relu and not any("ReLU fused" in n
                                                      for n in qg.int8kit_report.notes)
+
+
+def _shared():
+    torch.manual_seed(0)
+    m = nn.Module()
+    m.encoder_proj = m.decoder_proj = nn.Linear(8, 8)
+    return m
+
+
+def test_module_shared_under_two_names_obeys_either_name():
+    q = int8kit.quantize_dynamic(_shared(), skip=["decoder_proj"])
+    assert type(q.encoder_proj) is nn.Linear and q.encoder_proj is q.decoder_proj
+    (row,) = q.int8kit_report.layers
+    assert (row.name, row.aliases, row.detail) == (
+        "encoder_proj", ["decoder_proj"], "in skip list ('decoder_proj')")
+    assert "encoder_proj, decoder_proj" in str(q.int8kit_report)
+
+    q = int8kit.quantize_dynamic(_shared(), {"decoder_proj": {"weight": "per_tensor"}})
+    assert isinstance(q.encoder_proj, QuantLinear) and q.encoder_proj is q.decoder_proj
+    assert q.decoder_proj.weight_scheme == "per_tensor"
+    (row,) = q.int8kit_report.converted
+    assert row.aliases == ["decoder_proj"] and "tied" not in row.detail
+    assert not q.int8kit_report.notes
+    with pytest.raises(ValueError, match="different options"):
+        int8kit.quantize_dynamic(_shared(), {"encoder_proj": {"weight": "per_tensor"},
+                                             "decoder_proj": None})
+
+
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn, self.fc = nn.MultiheadAttention(16, 2, batch_first=True), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x)[0])
+
+
+def test_skipping_part_of_an_attention_keeps_the_whole_attention_in_float():
+    torch.manual_seed(0)
+    model = Attn().eval()
+    q = int8kit.quantize_dynamic(model, skip=["attn.out_proj"])
+    assert type(q.attn) is nn.MultiheadAttention and isinstance(q.fc, QuantLinear)
+    rows = {r.name: r for r in q.int8kit_report.layers}
+    assert not rows["attn"].converted
+    assert rows["attn"].detail.startswith("kept in float: 'attn.out_proj' is in the skip list")
+    assert rows["attn.out_proj"].detail == "in skip list ('attn.out_proj')"
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(q.attn(x, x, x)[0], model.attn(x, x, x)[0])
+    int8kit.quantize_dynamic(model, skip=["attn.out_proj"], strict=True)  # a choice, no error
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="'attn.out_proj' lies inside 'attn'.*select 'attn'"):
+        int8kit.quantize_dynamic(model, {nn.MultiheadAttention: None,
+                                         "attn.out_proj": {"weight": "per_tensor"}},
+                                 inplace=True)
+    _assert_unchanged(model, snap)
+
+
+def test_inplace_keeps_the_users_hook_handles_working():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    calls = []
+    handle = model[0].register_forward_hook(lambda m, i, o: calls.append(type(m)))
+    int8kit.quantize_dynamic(model, inplace=True)
+    model(torch.randn(2, 8))
+    assert calls == [QuantLinear]
+    handle.remove()
+    model(torch.randn(2, 8))
+    assert calls == [QuantLinear]
+
+
+def test_copy_keeps_hooks_that_the_originals_handles_do_not_reach():
+    model = nn.Sequential(nn.Linear(8, 8))
+    calls = []
+    handle = model[0].register_forward_hook(lambda m, i, o: calls.append(type(m)))
+    q = int8kit.quantize_dynamic(model)
+    handle.remove()  # removes the hook from `model` only: the copy has its own hook dicts
+    q(torch.randn(2, 8))
+    model(torch.randn(2, 8))
+    assert calls == [QuantLinear]
+
+
+def test_tied_weights_converted_together_each_get_an_int8_copy_and_say_so():
+    m = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False))
+    m[1].weight = m[0].weight
+    r = int8kit.quantize_dynamic(m).int8kit_report
+    assert [row.converted for row in r.layers] == [True, True]
+    assert "float copy stays" not in str(r)
+    assert "weight tied to ['1'], converted too" in r.layers[0].detail
+    assert "weight tied to ['0'], converted too" in r.layers[1].detail
+    assert any("tied weight converted separately in ['0', '1']" in n for n in r.notes)
+    r = int8kit.quantize_dynamic(m, skip=["1"]).int8kit_report
+    assert "weight tied to ['1'], whose float copy stays" in r.layers[0].detail
+    assert not r.notes
+
+
+def test_a_model_that_cannot_be_copied_is_a_clear_error():
+    import threading
+
+    model = _net()
+    model.lock = threading.Lock()
+    with pytest.raises(TypeError, match="could not be deep-copied.*pass inplace=True"):
+        int8kit.quantize_dynamic(model)
+    assert isinstance(int8kit.quantize_dynamic(model, inplace=True).embed, QuantLinear)
+
+
+def test_a_converted_root_attention_has_one_row():
+    # its out_proj is inside the replaced root: no row claiming the attention stayed float
+    r = int8kit.quantize_dynamic(nn.MultiheadAttention(16, 2).eval()).int8kit_report
+    assert [(row.name, row.converted) for row in r.layers] == [("", True)]

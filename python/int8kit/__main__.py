@@ -67,15 +67,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Exit status: 0; 2 for bad arguments (before anything runs); 1 when a bench section
+    or the plots failed (the other sections' results are still printed and saved)."""
+    ap = _parser()
+    args = ap.parse_args(argv)
     if args.command == "info":
         return _info(sys.stdout)
-    from .bench import run_bench
-    sections = None if args.sections is None else [s.strip() for s in args.sections.split(",")
-                                                   if s.strip()]
-    run_bench(sections, quick=args.quick, threads=args.threads, json_path=args.json,
-              plot_dir=args.plot, progress=not args.no_progress)
-    return 0
+    from .bench import SECTIONS, check_output_path, run_bench
+    sections = None
+    if args.sections is not None:
+        sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+        unknown = [s for s in sections if s not in SECTIONS]
+        if not sections or unknown:
+            what = f"unknown {', '.join(unknown)}" if unknown else "no section named"
+            ap.error(f"--sections: {what}; choose from {', '.join(SECTIONS)}")
+    try:  # a bad output path must not cost a whole bench run
+        if args.json:
+            check_output_path(args.json, "--json")
+        if args.plot:
+            check_output_path(args.plot, "--plot", directory=True)
+    except ValueError as e:
+        ap.error(str(e))
+    payload = run_bench(sections, quick=args.quick, threads=args.threads, json_path=args.json,
+                        plot_dir=args.plot, progress=not args.no_progress)
+    return 1 if payload["failed"] or payload["plot_error"] else 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class LayerReport:
     detail: str          # the scheme when converted, the reason when skipped
     bytes_before: int    # weight + bias bytes of the float module
     bytes_after: int     # bytes of the quantized module, packed weights included
+    aliases: list[str] = field(default_factory=list)  # other names of the same (shared) module
 
 
 @dataclass
@@ -77,7 +78,7 @@ class ConversionReport:
     def __str__(self) -> str:
         rows = [("layer", "type", "status", "bytes before", "bytes after", "detail")]
         for r in self.layers:
-            rows.append((r.name or "(root)", r.module_type,
+            rows.append((", ".join([r.name or "(root)"] + r.aliases), r.module_type,
                          "converted" if r.converted else "skipped",
                          f"{r.bytes_before:,}", f"{r.bytes_after:,}", r.detail))
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -131,6 +132,12 @@ def _parse_spec(spec, names: set[str]) -> tuple[dict, dict]:
         else:
             raise TypeError(f"qconfig_spec entries must be module types or names, got {key!r}")
     return by_type, by_name
+
+
+def _ancestors(name: str) -> list[str]:
+    """The names of the modules above `name`, the root ("") included."""
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts))]
 
 
 def _within(name: str, prefixes) -> str | None:
@@ -230,6 +237,37 @@ def _swap(model: nn.Module, new_for: dict[int, nn.Module]) -> nn.Module:
     return new_for.get(id(model), model)
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as e:
+        # TypeError, as deepcopy's own: the model holds an object of a type that cannot be
+        # copied (a lock, a file, a C handle), so existing `except TypeError` still applies
+        raise TypeError(f"model could not be deep-copied for inplace=False ({type(e).__name__}: "
+                        f"{e}); pass inplace=True to convert it in place (it is changed only "
+                        "if the whole conversion succeeds)") from e
+
+
+def _tied_notes(converted: list, owners: dict, new_names: set) -> list[str]:
+    """Says, on each converted row whose weight is tied to other modules, whether those keep
+    a float copy; converted ones each hold an int8 copy of their own (a note says so)."""
+    groups = {}
+    for row, mod, names in converted:
+        w = getattr(mod, "weight", None)
+        others = [o for o in owners.get(id(w), []) if o not in names] if w is not None else []
+        # an owner inside a converted unit (an attention's out_proj) is gone as well
+        gone = [o for o in others if any(a in new_names for a in [o] + _ancestors(o))]
+        kept = [o for o in others if o not in gone]
+        if kept:
+            row.detail += f"; weight tied to {kept}, whose float copy stays"
+        if gone:
+            row.detail += f"; weight tied to {gone}, converted too (an int8 copy each)"
+            groups.setdefault(id(w), []).append(row.name)
+    return [f"tied weight converted separately in {g}: each layer now holds its own int8 "
+            "copy (no longer shared, the model can grow); skip them to keep the float weight"
+            for g in groups.values()]
+
+
 def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = False,
                      skip: Iterable[str] = (), strict: bool = False,
                      **options) -> nn.Module:
@@ -242,12 +280,18 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = Fal
       An nn.MultiheadAttention becomes a QuantMultiheadAttention with its q, k, v and out
       projections in int8 (one report row); selecting nn.Linear alone leaves attention in
       float (its out_proj cannot be swapped on its own and is reported as skipped).
-    skip: module names (and everything under them) to keep in float.
+    skip: module names (and everything under them) to keep in float. A module shared under
+      several names is one module: skipped if any of its names is, converted under all of
+      them. Skipping a part of a module converted as a unit (an attention's out_proj) keeps
+      the whole unit in float; selecting such a part by name raises ValueError.
     options: passed to every from_float, e.g. weight="per_tensor", activation="per_tensor".
     strict: raise NotConvertibleError instead of skipping a layer that cannot be converted.
     The result carries `int8kit_report`, a ConversionReport. With inplace=False the input
     model is never modified; with inplace=True it is modified only if the whole conversion
-    succeeds (a converted root module is returned, not swapped in place).
+    succeeds (a converted root module is returned, not swapped in place). Forward hooks
+    carry over: inplace=True hands the same hook dicts to the new modules, so the user's
+    handles still remove them; inplace=False converts a deep copy, whose hooks still fire
+    but are beyond the reach of handles taken on the original model.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -260,64 +304,87 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, *, inplace: bool = Fal
     if unknown:
         raise ValueError(f"skip: the model has no module named {unknown}")
 
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy(model)
     report = ConversionReport(model_bytes_before=_module_bytes(target))
     owners: dict[int, list[str]] = {}
     for pname, p in target.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(pname.rpartition(".")[0])
+    # A module shared under several names is decided once, from all its names: skipped if
+    # any is skipped, selected if any is selected; _swap replaces it under every name.
+    aliases: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, mod in target.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(mod), []).append(name)
+        modules[id(mod)] = mod
 
     new_for: dict[int, nn.Module] = {}
     done: list[str] = []
     new_names: set[str] = set()  # (a set: models can have thousands of layers)
     listed: set[str] = set()  # names with a report row
-    for name, mod in target.named_modules():
-        parts = name.split(".")
-        if any(".".join(parts[:i]) in new_names for i in range(1, len(parts))):
+    converted = []  # (row, float module, its names)
+    for key, names in aliases.items():
+        mod, name = modules[key], names[0]
+        if any(a in new_names for n in names for a in _ancestors(n)):
             continue  # inside a module already replaced
         base = next((t for t in DYNAMIC_MODULES if isinstance(mod, t)), None)
-        name_key = _within(name, by_name)
-        if base is None or not (name_key is not None or any(isinstance(mod, t) for t in by_type)):
+        keys = {k for k in (_within(n, by_name) for n in names) if k is not None}
+        if base is None or not (keys or any(isinstance(mod, t) for t in by_type)):
             continue
-        row = LayerReport(name, type(mod).__name__, False, "", _module_bytes(mod), 0)
+        name_opts = [by_name[k] for k in sorted(keys)]
+        if any(o != name_opts[0] for o in name_opts):
+            raise ValueError(f"qconfig_spec: {sorted(keys)} give different options to one "
+                             f"module shared as {names}")
+        row = LayerReport(name, type(mod).__name__, False, "", _module_bytes(mod), 0,
+                          names[1:])
         report.layers.append(row)
-        listed.add(name)
+        listed.update(names)
         quant_cls = DYNAMIC_MODULES.get(type(mod))
-        if _within(name, skip) is not None:
-            row.detail = f"in skip list ({_within(name, skip)!r})"
+        skipped = next((s for s in (_within(n, skip) for n in names) if s is not None), None)
+        # names strictly inside a module that is converted as a unit (an attention's out_proj)
+        inner = [s for s in skip + list(by_name)
+                 if any(a in names for a in _ancestors(s))] if quant_cls else []
+        if skipped is not None:
+            row.detail = f"in skip list ({skipped!r})"
         elif quant_cls is None:
-            row.detail = _skip_reason_for_subclass(mod, base, name.rpartition(".")[0] in listed)
+            row.detail = _skip_reason_for_subclass(
+                mod, base, any(n.rpartition(".")[0] in listed for n in names))
+        elif inner and inner[0] in skip:
+            # skipping a part is only possible by keeping the whole unit in float
+            row.detail = (f"kept in float: {inner[0]!r} is in the skip list, and a "
+                          f"{type(mod).__name__} is converted as a unit")
+        elif inner:
+            raise ValueError(f"qconfig_spec: {inner[0]!r} lies inside {name!r}, a "
+                             f"{type(mod).__name__} that is converted as a unit; select "
+                             f"{name!r} (and its options) instead")
         else:
-            opts = {**options, **by_type.get(type(mod), {}),
-                    **(by_name[name_key] if name_key is not None else {})}
+            opts = {**options, **by_type.get(type(mod), {}), **(name_opts[0] if keys else {})}
             try:
                 new = quant_cls.from_float(mod, **opts)
             except NotConvertibleError as e:
                 row.detail = str(e)
             else:
-                for attr in _HOOK_DICTS:  # keep the user's hooks on the swapped module
+                for attr in _HOOK_DICTS:  # the same dicts: the user's hook handles still work
                     if hasattr(mod, attr):
-                        setattr(new, attr, type(getattr(mod, attr))(getattr(mod, attr)))
+                        setattr(new, attr, getattr(mod, attr))
                 new.train(mod.training)
                 new_for[id(mod)] = new
-                done.append(name)
-                new_names.add(name)
+                done += names
+                new_names.update(names)
                 row.converted = True
                 row.detail = new.scheme()
-                w = getattr(mod, "weight", None)
-                tied = [o for o in owners.get(id(w), []) if o != name]
-                if tied:
-                    row.detail += f"; weight tied to {tied}, whose float copy stays"
+                converted.append((row, mod, names))
         if not row.converted:
             row.bytes_after = row.bytes_before
-            if strict and not row.detail.startswith("in skip list"):
+            if strict and not row.detail.startswith(("in skip list", "kept in float:")):
                 raise NotConvertibleError(f"cannot convert {name or '(root)'}: {row.detail}")
         else:
             row.bytes_after = new_for[id(mod)].weight_bytes()
+    tied = _tied_notes(converted, owners, new_names)
 
     # Commit: nothing below can fail on a well-formed module tree.
     result = _swap(target, new_for)
     report.notes = (_fix_parents(result, done) + _fuse_ffn_relu(result, done, report)
-                    + _depthwise_note(result, done))
+                    + _depthwise_note(result, done) + tied)
     report.model_bytes_after = _module_bytes(result)
     result.int8kit_report = report
     return result

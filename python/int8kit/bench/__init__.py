@@ -6,6 +6,8 @@ a callable `run(quick: bool, threads: list[int], progress) -> {"rows": [...], "d
 whose rows follow `_rows.ROW_KEYS`; `progress` is tqdm-like (`reset(total=)`, `update(n)`).
 Section modules are imported only when the section runs, and a missing one is an
 ImportError naming it: a bench that silently leaves sections out would overstate coverage.
+A section that raises while running is recorded (its error in the results, the JSON and
+the table's footer) and the others still run: minutes of measurements are not thrown away.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import os
 import platform
 import sys
 import time
+import traceback
 
 import torch
 
+from ._harness import json_safe
 from ._micro import micro_section
 from ._rows import ROW_KEYS, check_rows
 
@@ -32,7 +36,8 @@ SECTIONS: dict = {
     "transformer": "int8kit.bench.models:run_transformer",
 }
 
-__all__ = ["SECTIONS", "ROW_KEYS", "run_bench", "load_section", "format_rows"]
+__all__ = ["SECTIONS", "ROW_KEYS", "run_bench", "load_section", "format_rows",
+           "check_output_path"]
 
 
 def load_section(name: str, registry: dict | None = None):
@@ -128,22 +133,37 @@ def format_rows(rows: list[dict]) -> str:
                         "is faster)"])
 
 
-def _json_safe(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if hasattr(o, "item") and callable(o.item):
-        return _json_safe(o.item())
-    return o if isinstance(o, (str, int, float, bool, type(None))) else str(o)
+def check_output_path(path, arg: str, directory: bool = False) -> None:
+    """Raises ValueError naming `arg` unless `path` can be written as a file (or, with
+    `directory`, used as a folder to write files in), creating folders as needed: checked
+    before timing anything, so a bad path does not cost a whole bench run."""
+    p = os.path.abspath(os.fspath(path))
+    if os.path.exists(p):
+        if os.path.isdir(p) != directory:
+            raise ValueError(f"{arg}: {path} is {'not ' if directory else ''}a directory")
+        if not os.access(p, os.W_OK | (os.X_OK if directory else 0)):
+            raise ValueError(f"{arg}: {path} is not writable")
+        return
+    parent = os.path.dirname(p)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{arg}: cannot create {path}: {parent} is not a writable directory")
+
+
+def _write_json(path, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(json_safe(payload), f, indent=1, allow_nan=False)
 
 
 def run_bench(sections=None, *, quick: bool = False, threads=None, json_path=None,
               plot_dir=None, out=None, progress: bool = True, registry=None) -> dict:
     """Runs the sections, prints the table to `out`, writes JSON / PNGs; returns the payload
-    {"machine", "settings", "sections": {name: result}, "rows", "elapsed_s", "files"}."""
+    {"machine", "settings", "sections": {name: result}, "rows", "elapsed_s", "files",
+    "failed", "plot_error"}. A section that raises gets {"error", "traceback", "elapsed_s"}
+    as its result and is listed in "failed"; the JSON is written before the plots, and a
+    plotting failure is caught into "plot_error"."""
     out = sys.stdout if out is None else out
     registry = SECTIONS if registry is None else registry
     names = list(registry) if sections is None else list(sections)
@@ -156,35 +176,49 @@ def run_bench(sections=None, *, quick: bool = False, threads=None, json_path=Non
                           for t in threads):
         raise ValueError(f"threads must be positive ints, got {threads!r}")
     runners = {n: load_section(n, registry) for n in names}  # fail before timing anything
+    if json_path:
+        check_output_path(json_path, "json_path")
+    if plot_dir:
+        check_output_path(plot_dir, "plot_dir", directory=True)
     warning = _load_warning()
     if warning:
         print(warning, file=out)
     t0 = time.perf_counter()
-    results, rows = {}, []
+    results, rows, failed = {}, [], []
     for name, runner in runners.items():
         bar = _progress_bar(name, progress)
         ts = time.perf_counter()
         try:
             res = runner(quick, threads, bar)
+            rows += check_rows(name, res)
+            res = dict(res, elapsed_s=time.perf_counter() - ts)
+        except Exception as e:
+            res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                   "elapsed_s": time.perf_counter() - ts}
+            failed.append(name)
         finally:
             bar.close()
-        rows += check_rows(name, res)
-        res = dict(res, elapsed_s=time.perf_counter() - ts)
         results[name] = res
     payload = {"machine": _machine(),
                "settings": {"sections": names, "quick": quick, "threads": threads},
-               "load_warning": warning, "sections": results, "rows": rows, "elapsed_s": time.perf_counter() - t0,
-               "files": []}
+               "load_warning": warning, "sections": results, "rows": rows,
+               "elapsed_s": time.perf_counter() - t0, "files": [], "failed": failed,
+               "plot_error": None}
     print(format_rows(rows), file=out)
+    for name in failed:
+        print(f"section {name!r} FAILED: {results[name]['error']}", file=out)
+    if json_path:  # before the plots: a plotting failure must not lose the measurements
+        payload["files"].append(os.fspath(json_path))
+        _write_json(json_path, payload)
     if plot_dir:
         from ._plot import plot_rows
-        payload["files"] += plot_rows(rows, plot_dir)
-    if json_path:
-        parent = os.path.dirname(os.path.abspath(json_path))
-        os.makedirs(parent, exist_ok=True)
-        payload["files"].append(os.fspath(json_path))
-        with open(json_path, "w") as f:
-            json.dump(_json_safe(payload), f, indent=1, allow_nan=False)
+        try:
+            payload["files"] += plot_rows(rows, plot_dir)
+        except Exception as e:
+            payload["plot_error"] = f"{type(e).__name__}: {e}"
+            print(f"plots FAILED: {payload['plot_error']}", file=out)
+        if json_path:  # again, now with the plots' files or error
+            _write_json(json_path, payload)
     for p in payload["files"]:
         print(f"wrote {p}", file=out)
     print(f"total {payload['elapsed_s']:.1f} s", file=out)

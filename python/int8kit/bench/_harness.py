@@ -2,7 +2,8 @@
 
 - ``time_interleaved``: times a dict of zero-argument callables in the same process,
   round-robin after a warm-up, and returns medians and quartiles per contender. The order
-  within a round follows a Williams design (a balanced Latin square), so over each block of
+  within a round follows a Williams design (a balanced Latin square), and the first call of
+  each round (which follows the previous round's last) is not kept, so over each block of
   rounds every contender directly follows every other one equally often: whatever one
   contender leaves behind (spinning threads, a cold cache, an idle core that must wake up)
   is spread evenly instead of always landing on the same victim. Each contender's median
@@ -85,6 +86,21 @@ def williams_orders(n: int) -> list[list[int]]:
     return rows
 
 
+def schedule(n: int, rounds: int, rotate: bool = True) -> list[tuple[int, int | None]]:
+    """The calls of ``rounds`` rounds of ``n`` contenders as (contender, predecessor) pairs;
+    the predecessor is None where the sample is not kept. With ``rotate``, round r runs
+    ``williams_orders(n)[r % len]``, and each round's first call is not kept: it follows the
+    previous round's last call, a pair the design does not balance. Over whole blocks of
+    orders every contender then follows every other one equally often, and never itself."""
+    orders = williams_orders(n) if rotate else [list(range(n))]
+    calls, prev = [], n - 1  # the warm-up's last call
+    for r in range(rounds):
+        for pos, i in enumerate(orders[r % len(orders)]):
+            calls.append((i, prev if pos or n == 1 or not rotate else None))
+            prev = i
+    return calls
+
+
 def time_interleaved(
     contenders: Mapping[str, Callable[[], object]],
     *,
@@ -102,13 +118,13 @@ def time_interleaved(
     ``warmup_s`` seconds went by. The warm-up calls (the first excepted) give a per-call
     estimate; unless ``rounds`` is given, the number of timed rounds is chosen so that the
     whole measurement takes about ``target_s`` seconds per contender
-    (``target_s * len(contenders)`` in all), clamped to [min_rounds, max_rounds] and
-    rounded up to whole blocks of the balanced order design.
+    (``target_s * len(contenders)`` in all), clamped to [min_rounds, max_rounds]; given or
+    chosen, the rounds are rounded up to whole blocks of the balanced order design.
 
     Each timed round calls every contender once, one after another, in the order given by
-    ``williams_orders`` (round r uses order r mod the number of orders) when ``rotate``,
-    else always in the dict's order. A call's return value is released after the clock
-    stops. The garbage collector is off while timing.
+    ``schedule`` (Williams orders; each round's first call is run but not kept) when
+    ``rotate``, else always in the dict's order (every call kept). A call's return value is
+    released after the clock stops. The garbage collector is off while timing.
     """
     names = list(contenders)
     if not names:
@@ -139,23 +155,20 @@ def time_interleaved(
             per_round = max(sum(est), 1e-9)
             rounds = math.ceil(target_s * n / per_round)
             rounds = max(min_rounds, min(max_rounds, rounds))
-            # whole blocks of the balanced design, so every predecessor occurs equally often
-            rounds = math.ceil(rounds / len(orders)) * len(orders)
-        rounds = max(1, int(rounds))
+        # whole blocks of the balanced design, so every predecessor occurs equally often
+        rounds = math.ceil(max(1, int(rounds)) / len(orders)) * len(orders)
 
-        samples: list[list[float]] = [[0.0] * rounds for _ in names]
-        preds: list[list[int]] = [[0] * rounds for _ in names]
-        prev = n - 1  # the warm-up's last call
-        for r in range(rounds):
-            for i in orders[r % len(orders)]:
-                fn = fns[i]
-                t0 = clock()
-                res = fn()
-                t1 = clock()
-                del res
-                samples[i][r] = (t1 - t0) * 1e-9
-                preds[i][r] = prev
-                prev = i
+        samples: list[list[float]] = [[] for _ in names]
+        preds: list[list[int]] = [[] for _ in names]
+        for i, prev in schedule(n, rounds, rotate):
+            fn = fns[i]
+            t0 = clock()
+            res = fn()
+            t1 = clock()
+            del res
+            if prev is not None:
+                samples[i].append((t1 - t0) * 1e-9)
+                preds[i].append(prev)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -314,26 +327,31 @@ def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def _json_default(o):
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+def json_safe(o):
+    """``o`` as strict JSON data: NaN and +-Inf become None (null, which every parser
+    reads), Timing a dict, numpy and torch values Python ones, other objects their str()."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, (str, int, float, bool, type(None))):
+        return o
     if isinstance(o, Timing):
-        return o.to_dict()
+        return json_safe(o.to_dict())
+    if isinstance(o, Mapping):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if callable(getattr(o, "tolist", None)):  # numpy arrays and scalars, tensors
+        return json_safe(o.tolist())
     return str(o)
 
 
 def write_json(path: str, payload: dict) -> str:
-    """Writes ``payload`` as indented JSON, creating parent folders; returns the path."""
+    """Writes ``payload`` as indented strict JSON (see ``json_safe``), creating parent
+    folders; returns the path."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=_json_default, allow_nan=True)
+        json.dump(json_safe(payload), f, indent=2, allow_nan=False)
         f.write("\n")
     return path
 

@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import gc
+import math
 import time
 
 import numpy as np
 
+from ._harness import schedule, williams_orders
+
 
 def time_samples(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Calls every zero-argument callable `repeats` times, round-robin with the start of the
-    order rotating each round, and returns {name: [milliseconds per call]}. The garbage
-    collector is paused so a collection does not land in one contender's samples."""
+    """Calls every zero-argument callable in rounds whose orders form a Williams design and
+    returns {name: [milliseconds per call]}, at least `repeats` samples each. Over the
+    samples kept every contender directly follows every other one equally often
+    (`_harness.schedule`): int8 kernels run slower right after float32 work, so an
+    unbalanced order would bias them. The rounds make whole blocks of the design. The
+    garbage collector is paused so a collection does not land in one contender's samples."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
+    n_orders = len(williams_orders(len(names)))
+    # per block each contender opens n_orders / len(names) rounds, whose first call is not kept
+    kept = n_orders - n_orders // len(names) if len(names) > 1 else 1
+    rounds = math.ceil(repeats / kept) * n_orders
     samples = {n: [] for n in names}
     clock = time.perf_counter
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for r in range(repeats):
-            for j in range(len(names)):
-                n = names[(j + r) % len(names)]
-                t0 = clock()
-                fns[n]()
-                samples[n].append((clock() - t0) * 1e3)
+        for i, prev in schedule(len(names), rounds):
+            t0 = clock()
+            fns[names[i]]()
+            ms = (clock() - t0) * 1e3
+            if prev is not None:
+                samples[names[i]].append(ms)
     finally:
         if was_enabled:
             gc.enable()
