@@ -68,12 +68,12 @@ MAX_REL_ERR = 0.05  # an int8 result further than this from float32 is flagged
 
 
 def _time_fair(fns: dict, *, rounds, target_s: float, warmup_s: float) -> dict:
-    """_harness.time_interleaved rotates one cyclic order, so a contender always runs right
-    after the same neighbour and inherits its cache footprint (measured: the int8 GEMM at
-    768x768, M=1, takes 15 us after a small call but 31 us after nn.Linear's 2.4 MB of
-    float weights evicted its own from L2). Timing in blocks whose orders form a Williams
-    design makes every contender follow every other one equally often; the result is the
-    median over blocks of each block's statistics."""
+    """A contender inherits the cache footprint of the one before it (measured: the int8
+    GEMM at 768x768, M=1, takes 15 us after a small call but 31 us after nn.Linear's 2.4 MB
+    of float weights evicted its own from L2), so every contender must follow every other
+    one equally often. time_interleaved's own orders now balance that; this section still
+    times one block per Williams order and takes the median over blocks of each block's
+    statistics, as its published numbers were measured."""
     names = list(fns)
     orders = H.williams_orders(len(names))
     per = {n: [] for n in names}
