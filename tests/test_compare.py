@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import warnings
 
 import pytest
@@ -16,6 +17,10 @@ from int8kit.evaluate import SECTIONS, compare
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = dict(batch_sizes=(1, 4), latency_repeats=3, measure_memory=False)
+# Peak-RSS numbers need Linux's /proc, and no ASan: its quarantine changes what RSS shows.
+RSS_MEASURABLE = (os.path.exists("/proc/self/status")
+                  and "libasan" not in os.environ.get("LD_PRELOAD", ""))
+RSS_REASON = "measures peak RSS: needs Linux /proc and no ASan"
 
 
 class Table(nn.Module):
@@ -290,6 +295,9 @@ def test_json_has_every_section_and_plots_are_pngs(tmp_path):
     (dict(data=torch.randn(4, 8), metric="f1"), ValueError, "metric"),
     (dict(data=torch.randn(4, 8), batch_sizes=(0,)), ValueError, "batch_sizes"),
     (dict(data=torch.randn(4, 8), latency_repeats=0), ValueError, "latency_repeats"),
+    (dict(data=torch.randn(4, 8), latency_repeats=(2, 3)), TypeError, "latency_repeats"),
+    (dict(data=torch.randn(4, 8), eval_batch_size=2.0), TypeError, "eval_batch_size"),
+    (dict(data=torch.randn(4, 8), max_examples=-1), ValueError, "max_examples"),
     (dict(data=torch.randn(4, 8), slices={"s": torch.ones(3, dtype=torch.bool)}),
      ValueError, "slices['s']"),
     (dict(data=torch.randn(4, 8), layers=["nope"]), ValueError, "layers"),
@@ -310,3 +318,159 @@ def test_model_errors_name_the_model_and_flags_are_restored():
     assert all(not m._forward_hooks for m in fm.modules())
     with pytest.raises(TypeError, match="float_model"):
         compare(lambda x: x, fm, torch.randn(4, 8), **FAST)
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+def test_label_column_is_read_as_class_indices_and_one_hot_is_refused():
+    fm, qm, x, y = _table_models()
+    flat = compare(fm, qm, (x, y), **FAST)
+    column = compare(fm, qm, (x, y[:, None]), **FAST)
+    assert column.metric == flat.metric and column.slices == flat.slices
+    assert column.changed_predictions == flat.changed_predictions
+    with pytest.raises(ValueError, match=r"labels must be class indices of shape \[N\]"):
+        compare(fm, qm, (x, nn.functional.one_hot(y, 4)), **FAST)
+
+
+def test_numpy_and_list_pairs_are_inputs_and_labels():
+    fm, qm, x, y = _table_models()
+    ref = compare(fm, qm, (x, y), **FAST)
+    for data in ((x.numpy(), y.numpy()), (x, y.tolist()), (x.tolist(), y.tolist())):
+        r = compare(fm, qm, data, **FAST)
+        assert r.n_samples == len(x) and r.metric == ref.metric
+    # a tuple of two [inputs, labels] lists is two batches, not a pair
+    batches = ([x[:100], y[:100]], [x[100:], y[100:]])
+    assert compare(fm, qm, batches, **FAST).metric == ref.metric
+    with pytest.raises(ValueError, match="inputs have 200 samples and labels 199"):
+        compare(fm, qm, (x.numpy(), y[:-1].tolist()), **FAST)
+
+
+class Scratch(nn.Module):
+    """Holds `chunks` temporaries of 1 MiB per sample at once in every call: a known
+    inference peak. Defined at module level so that compare's measuring process loads it."""
+
+    def __init__(self, chunks, probe=None):
+        super().__init__()
+        self.fc = nn.Linear(1, 4)
+        self.chunks, self.probe = chunks, probe
+
+    def forward(self, x):
+        if self.probe is not None:  # where and how it runs
+            with open(self.probe, "a") as f:
+                f.write(json.dumps([os.getpid(), torch.get_num_threads(),
+                                    int8kit.__file__]) + "\n")
+        tmp = [torch.ones(len(x), 1 << 18) for _ in range(self.chunks)]  # written
+        return self.fc(x) + sum(float(t[-1, -1]) for t in tmp) * 0
+
+
+@pytest.mark.skipif(not RSS_MEASURABLE, reason=RSS_REASON)
+def test_peak_memory_is_measured_per_model_in_a_fresh_process(tmp_path):
+    # In compare's own process both models have already run: memory they freed stays
+    # resident and is reused, so an in-process peak would show no growth at all.
+    probe = tmp_path / "calls.jsonl"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = compare(Scratch(4, str(probe)), Scratch(0), torch.randn(16, 1), batch_sizes=(8,),
+                    latency_repeats=3)
+    finally:
+        torch.set_num_threads(threads)
+    mib = 2 ** 20
+    assert r.memory["float"]["peak_increase_bytes"] >= 28 * mib  # 4 x 8 MiB at batch 8
+    assert r.memory["quantized"]["peak_increase_bytes"] < 8 * mib
+    assert "fresh process" in r.memory["method"] and "fresh process" in str(r)
+    calls = [json.loads(line) for line in probe.read_text().splitlines()]
+    child = [c for c in calls if c[0] != os.getpid()]  # one warm-up call, then two
+    assert len(child) == 3 and len({c[0] for c in child}) == 1
+    assert all(c[1:] == [1, int8kit.__file__] for c in child)  # same threads, same int8kit
+
+
+def _refuse_to_load():
+    raise RuntimeError("not loadable here")
+
+
+class Unloadable(nn.Sequential):
+    """Saves, but fails to load (as a class defined in __main__ does in another process)."""
+
+    def __reduce_ex__(self, protocol):
+        return _refuse_to_load, ()
+
+
+def test_peak_memory_of_a_model_that_cannot_be_reloaded_is_absent_with_a_reason():
+    fm = _mlp()
+    qm = copy.deepcopy(fm)
+    qm.act = lambda t: t  # a lambda attribute: torch.save cannot pickle the model
+    r = compare(fm, qm, torch.randn(8, 8), batch_sizes=(2,), latency_repeats=2)
+    assert r.memory["quantized"]["peak_rss_bytes"] is None
+    assert r.memory["quantized"]["peak_increase_bytes"] is None
+    assert any(n.startswith("peak RSS of quantized_model not measured: it cannot be saved")
+               for n in r.notes)
+    assert r.memory["float"]["peak_rss_bytes"] > 0
+    r = compare(Unloadable(*_mlp()), fm, torch.randn(8, 8), batch_sizes=(2,), latency_repeats=2)
+    assert r.memory["float"]["peak_rss_bytes"] is None
+    assert any(n.startswith("peak RSS of float_model not measured: the measuring process "
+                            "failed (RuntimeError: cannot load the model") for n in r.notes)
+
+
+def test_torchscript_model_gives_model_metrics_and_leaves_no_hook():
+    fm, x = _mlp(), torch.randn(16, 8)
+    inner = copy.deepcopy(fm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(copy.deepcopy(fm).eval())
+        inner[2] = torch.jit.script(inner[2])
+    r = compare(fm, scripted, x, batch_sizes=(2,), latency_repeats=2)
+    assert r.layers == [] and any("TorchScript" in n for n in r.notes)
+    assert math.isinf(r.output["sqnr_db"]) and r.changed_predictions["count"] == 0
+    assert r.memory["quantized"]["peak_rss_bytes"] > 0  # saved with torch.jit.save
+    # a scripted submodule inside an eager model: hooks already registered are removed
+    r = compare(fm, inner, x, **FAST)
+    assert r.layers == [] and any("hook could not be registered" in n for n in r.notes)
+    assert all(not m._forward_hooks for m in fm.modules())
+
+
+def test_empty_batch_sizes_skips_latency_and_peak_memory():
+    fm = _mlp()
+    r = compare(fm, copy.deepcopy(fm), torch.randn(8, 8), batch_sizes=())
+    assert r.latency == [] and r.memory["float"]["peak_rss_bytes"] is None
+    assert any("batch_sizes is empty" in n for n in r.notes)
+    assert r.memory["float"]["weight_bytes"] > 0 and "Latency" not in str(r)
+
+
+def test_infinite_sqnr_bars_sit_at_the_matching_end_of_the_axis():
+    from int8kit.evaluate._plot import sqnr_bars
+    lengths, colours = sqnr_bars([-math.inf, -5.0, 25.0, 40.0, math.inf])
+    assert lengths[1:4] == [-5.0, 25.0, 40.0]
+    assert lengths[0] < -5.0 and lengths[4] > 40.0
+    assert colours == ["tab:red", "tab:red", "tab:orange", "tab:green", "tab:green"]
+    lengths, _ = sqnr_bars([-math.inf, math.inf])  # no finite value: still both ends
+    assert lengths[0] < 0 < lengths[1]
+
+
+def test_plot_draws_a_layer_with_no_signal_as_the_worst(tmp_path, monkeypatch):
+    import matplotlib.axes
+    fm = nn.Sequential(nn.Linear(8, 4))
+    qm = copy.deepcopy(fm)
+    with torch.no_grad():
+        fm[0].weight.zero_()
+        fm[0].bias.zero_()  # the float output is all zeros, the "quantized" one is not
+    r = compare(fm, qm, torch.randn(16, 8), **FAST)
+    assert r.layers[0].sqnr_db == -math.inf
+    drawn = {}
+    real_barh = matplotlib.axes.Axes.barh
+
+    def spy(self, y, width, *args, **kwargs):
+        drawn.update(width=list(width), color=kwargs.get("color"))
+        return real_barh(self, y, width, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", spy)
+    r.plot(tmp_path)
+    assert drawn["width"][0] < 0 and drawn["color"] == ["tab:red"]
+
+
+def test_lazy_model_is_refused_and_left_uninitialized():
+    fm, qm = nn.Sequential(nn.LazyLinear(4)), _mlp()
+    with pytest.raises(ValueError, match=r"float_model has uninitialized lazy parameters"):
+        compare(fm, qm, torch.randn(8, 8), **FAST)
+    assert fm[0].has_uninitialized_params()  # compare would materialise it under
+    # inference_mode: an inference-tensor weight that could never be trained

@@ -4,7 +4,8 @@
     print(report); report.to_json("report.json"); report.plot("plots/")
 
 Both models run in eval mode under torch.inference_mode; their training flags are restored
-afterwards and every hook is removed, so neither model is modified.
+afterwards and every hook is removed, so neither model is modified. Peak memory is measured
+in a fresh process per model (see _memory).
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ from ._report import SECTIONS, ComparisonReport
 
 __all__ = ["compare", "ComparisonReport", "SECTIONS"]
 
+_PEAK_KEYS = ("peak_rss_bytes", "rss_before_bytes", "peak_increase_bytes")
+
+
+def _check_int(value, name: str, low: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
 
 def _check_positive_ints(values, name: str) -> tuple[int, ...]:
     if isinstance(values, int):
@@ -33,6 +44,27 @@ def _check_positive_ints(values, name: str) -> tuple[int, ...]:
     if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in vals):
         raise ValueError(f"{name} must contain positive ints only, got {values!r}")
     return vals
+
+
+def _check_materialized(model: nn.Module, name: str) -> None:
+    """Lazy modules would materialise inside compare's inference_mode: the model would be
+    changed, and its new weights could never get gradients."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    lazy = [n for n, t in tensors if nn.parameter.is_lazy(t)]
+    if lazy:
+        raise ValueError(f"{name} has uninitialized lazy parameters {lazy}: run it once on an "
+                         "input before compare (which never changes the models)")
+
+
+def _class_labels(y: torch.Tensor | None) -> torch.Tensor | None:
+    """Labels for metric='accuracy': class indices [N]; [N, 1] is read as [N]."""
+    if y is None or y.dim() == 1:
+        return y
+    if y.dim() == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    raise ValueError(f"labels must be class indices of shape [N] or [N, 1] for "
+                     f"metric='accuracy', got shape {tuple(y.shape)} (one-hot labels: pass "
+                     "labels.argmax(1))")
 
 
 def _call(model: nn.Module, x: torch.Tensor, name: str):
@@ -124,30 +156,48 @@ def compare(float_model: nn.Module, quantized_model: nn.Module, data, *, labels=
     layers: 'auto' (every float leaf module also present, by name, in the quantized model),
       a list of module names, or None to skip the per-layer comparison.
     batch_sizes, latency_repeats: latency is timed at each batch size with that many calls
-      per model, interleaved. measure_memory: also measure peak RSS during inference.
+      per model, interleaved; batch_sizes=() skips latency and peak memory.
+    measure_memory: also measure peak RSS during inference at the largest batch size, each
+      model in a fresh Python process (a model that cannot be saved gets a note instead).
     """
     for arg, m in (("float_model", float_model), ("quantized_model", quantized_model)):
         if not isinstance(m, nn.Module):
             raise TypeError(f"{arg} must be an nn.Module, got {type(m).__name__}")
+        _check_materialized(m, arg)
     if float_model is quantized_model:
         raise ValueError("float_model and quantized_model are the same object")
     metric_fn = _metric_fn(metric)
     batch_sizes = _check_positive_ints(batch_sizes, "batch_sizes")
-    (latency_repeats,) = _check_positive_ints(latency_repeats, "latency_repeats")
-    (eval_batch_size,) = _check_positive_ints(eval_batch_size, "eval_batch_size")
+    latency_repeats = _check_int(latency_repeats, "latency_repeats")
+    eval_batch_size = _check_int(eval_batch_size, "eval_batch_size")
+    max_examples = _check_int(max_examples, "max_examples", low=0)
     x, y = gather(data, labels)
+    if not callable(metric):
+        y = _class_labels(y)
     n = x.shape[0]
     masks = _slice_masks(slices, x, y, n)
-    pairs, unmatched, prefix = match_layers(float_model, quantized_model, layers)
+    notes = []
+    scripted = [arg for arg, m in (("float_model", float_model),
+                                   ("quantized_model", quantized_model))
+                if isinstance(m, torch.jit.ScriptModule)]
+    if scripted and layers is not None:
+        notes.append(f"per-layer comparison skipped: {scripted[0]} is a TorchScript module, "
+                     "which takes no forward hooks")
+    pairs, unmatched, prefix = match_layers(float_model, quantized_model,
+                                            None if scripted else layers)
 
     models = (float_model, quantized_model)
     flags = [{m: m.training for m in model.modules()} for model in models]
-    notes = []
     try:
         for model in models:
             model.eval()
         with torch.inference_mode():
-            recorder = LayerRecorder(float_model, quantized_model, pairs)
+            try:
+                recorder = LayerRecorder(float_model, quantized_model, pairs)
+            except Exception as e:  # e.g. a TorchScript submodule; no hook is left behind
+                notes.append(f"per-layer comparison skipped: a forward hook could not be "
+                             f"registered ({type(e).__name__}: {e})")
+                recorder = LayerRecorder(float_model, quantized_model, [])
             fouts, qouts = [], []
             try:
                 for i in range(0, n, eval_batch_size):
@@ -198,15 +248,23 @@ def compare(float_model: nn.Module, quantized_model: nn.Module, data, *, labels=
                                         _memory.state_dict_bytes(quantized_model)}}
             qb = memory["quantized"]["weight_bytes"]
             memory["weight_ratio"] = memory["float"]["weight_bytes"] / qb if qb else None
-            method = "not measured"
-            for key, model in zip(("float", "quantized"), models):
-                xb = _latency.batch_of(x, max(batch_sizes))
-                peak = (_memory.peak_rss_during(lambda: [model(xb) for _ in range(2)])
-                        if measure_memory else {})
-                method = peak.pop("method", method)
-                for k in ("peak_rss_bytes", "rss_before_bytes", "peak_increase_bytes"):
-                    memory[key][k] = peak.get(k)
-            memory["method"] = method
+            memory["method"] = "not measured"
+            for key in ("float", "quantized"):
+                memory[key].update(dict.fromkeys(_PEAK_KEYS))
+        if not batch_sizes:
+            notes.append("batch_sizes is empty: latency and peak memory were not measured")
+        elif measure_memory:
+            b = max(batch_sizes)
+            peaks = _memory.peak_rss_fresh({"float": float_model, "quantized": quantized_model},
+                                           _latency.batch_of(x, b))
+            for key, peak in peaks.items():
+                if "error" in peak:
+                    notes.append(f"peak RSS of {key}_model not measured: {peak['error']}")
+                    continue
+                memory[key].update({k: peak[k] for k in _PEAK_KEYS})
+                memory["method"] = (f"a fresh process per model (saved and reloaded), one "
+                                    f"warm-up call on one sample, then two calls at batch {b}: "
+                                    f"{peak['method']}")
     finally:
         for saved in flags:
             for m, was_training in saved.items():

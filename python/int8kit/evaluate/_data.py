@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 
@@ -32,6 +33,26 @@ def _split_batch(batch, i: int):
     return _as_tensor(batch, f"data: batch {i}"), None
 
 
+def _column(v) -> bool:
+    """A tensor, an array, or a list of numbers (nested lists too): one side of an
+    (inputs, labels) pair. A list holding tensors or tuples is a list of batches."""
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        return True
+    return isinstance(v, list) and not any(isinstance(e, (torch.Tensor, np.ndarray, tuple))
+                                           for e in v)
+
+
+def _pair(data) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _as_tensor(data[0], "data[0] (inputs)")
+    y = _as_tensor(data[1], "data[1] (labels)")
+    nx, ny = (len(t) if t.dim() else 0 for t in (x, y))
+    if nx != ny:
+        raise ValueError(f"data: a 2-tuple of arrays is read as (inputs, labels), but inputs "
+                         f"have {nx} samples and labels {ny}; pass labels of length {nx}, "
+                         "or a list of batches")
+    return x, y
+
+
 def gather(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Returns (inputs [N, ...], labels [N] or None). Raises ValueError on empty data or a
     label count that does not match the number of inputs."""
@@ -39,9 +60,8 @@ def gather(data, labels=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise ValueError("data must not be None")
     if isinstance(data, torch.Tensor):
         x, y = data, None
-    elif isinstance(data, tuple) and len(data) == 2 and all(
-            isinstance(t, torch.Tensor) for t in data):
-        x, y = data
+    elif isinstance(data, tuple) and len(data) == 2 and all(_column(v) for v in data):
+        x, y = _pair(data)
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
         xs, ys = [], []
         for i, batch in enumerate(data):

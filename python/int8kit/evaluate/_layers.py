@@ -211,14 +211,19 @@ class LayerRecorder:
                       for fname, qname, label, head in pairs}
         self._ref: dict[str, list] = {}
         self._handles = []
-        for fname, qname, _, _ in pairs:
-            # A quantized layer with a ReLU in its epilogue (quantize_dynamic fuses a
-            # Transformer layer's functional ReLU into linear1) is compared after the ReLU.
-            relu = type(fmods[fname]) in (nn.Linear, nn.Conv2d) and getattr(qmods[qname],
-                                                                             "relu", False)
-            self._handles.append(fmods[fname].register_forward_hook(self._float_hook(fname,
-                                                                                     relu)))
-            self._handles.append(qmods[qname].register_forward_hook(self._quant_hook(fname)))
+        try:
+            for fname, qname, _, _ in pairs:
+                # A quantized layer with a ReLU in its epilogue (quantize_dynamic fuses a
+                # Transformer layer's functional ReLU into linear1) is compared after it.
+                relu = type(fmods[fname]) in (nn.Linear, nn.Conv2d) and getattr(
+                    qmods[qname], "relu", False)
+                self._handles.append(
+                    fmods[fname].register_forward_hook(self._float_hook(fname, relu)))
+                self._handles.append(
+                    qmods[qname].register_forward_hook(self._quant_hook(fname)))
+        except BaseException:  # a module refused its hook (TorchScript): leave none behind
+            self.remove()
+            raise
 
     def _float_hook(self, key, relu=False):
         def hook(_m, _inp, out):

@@ -16,21 +16,31 @@ def _pyplot():
     return plt
 
 
+def sqnr_bars(sqnrs: list[float]) -> tuple[list[float], list[str]]:
+    """Bar lengths and colours of per-layer SQNRs. Infinite values are drawn at the ends of
+    the axis: +inf (identical outputs) at the right, -inf (only noise left) at the left;
+    colours follow the true value, so -inf is red."""
+    finite = [v for v in sqnrs if math.isfinite(v)]
+    hi = max(finite + [0.0]) if finite else 60.0
+    lo = min(finite + [0.0])
+    cap = hi * 1.1 + 1
+    floor = lo - 0.1 * (cap - lo) - 1  # below zero, so the bar is visible
+    lengths = [v if math.isfinite(v) else cap if v > 0 else floor for v in sqnrs]
+    colours = ["tab:red" if v < 20 else "tab:orange" if v < 30 else "tab:green" for v in sqnrs]
+    return lengths, colours
+
+
 def plot_report(report, directory: str) -> list[str]:
     plt = _pyplot()
     os.makedirs(directory, exist_ok=True)
     paths = []
 
-    # Per-layer SQNR, worst at the top; identical layers (inf dB) drawn at the axis limit.
+    # Per-layer SQNR, worst at the top.
     layers = [s for s in report.layers if s.calls > 0]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(layers) + 1)))
     if layers:
-        finite = [s.sqnr_db for s in layers if math.isfinite(s.sqnr_db)]
-        cap = (max(finite) if finite else 60.0) * 1.1 + 1
-        vals = [s.sqnr_db if math.isfinite(s.sqnr_db) else cap for s in layers]
-        ax.barh(range(len(layers)), vals,
-                color=["tab:red" if v < 20 else "tab:orange" if v < 30 else "tab:green"
-                       for v in vals])
+        lengths, colours = sqnr_bars([s.sqnr_db for s in layers])
+        ax.barh(range(len(layers)), lengths, color=colours)
         ax.set_yticks(range(len(layers)), [s.name for s in layers], fontsize=8)
         ax.invert_yaxis()
     else:
