@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from int8kit.fusion import ConvReLU2d, LinearReLU, find_fusable, fuse_modules
+from int8kit.fusion import ConvReLU2d, LinearBN1d, LinearReLU, find_fusable, fuse_modules
 
 
 def _randomize_bn(bn):
@@ -35,7 +35,7 @@ CASES = [
     ("conv+relu", lambda: nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU()), ConvReLU2d, (2, 3, 5, 5)),
     ("linear+relu", lambda: nn.Sequential(nn.Linear(8, 5), nn.ReLU()), LinearReLU, (4, 8)),
     ("linear+bn1d", lambda: nn.Sequential(nn.Linear(8, 5), _randomize_bn(nn.BatchNorm1d(5))),
-     nn.Linear, (4, 8)),
+     LinearBN1d, (4, 8)),
     ("linear+bn1d+relu", lambda: nn.Sequential(nn.Linear(8, 5), _randomize_bn(nn.BatchNorm1d(5)),
                                                nn.ReLU()), LinearReLU, (4, 8)),
 ]
@@ -105,4 +105,69 @@ def test_errors_leave_model_untouched():
     with pytest.raises(TypeError, match="group"):
         fuse_modules(model, ["01"])
     with pytest.raises(ValueError, match="features"):
-        fuse_modules(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3)).eval())
+        fuse_modules(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(3)).eval(), [["0", "1"]])
+
+
+def test_shared_modules_fuse_per_slot_and_keep_float_outputs():
+    torch.manual_seed(0)
+    relu, lin = nn.ReLU(), nn.Linear(6, 6)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            # one ReLU object in two slots, one Linear in a fused slot and used again outside
+            self.seq = nn.Sequential(lin, relu, nn.Linear(6, 6), relu)
+            self.lin = lin
+
+        def forward(self, x):
+            return self.lin(self.seq(x))
+
+    net = Net().eval()
+    assert find_fusable(net) == [["seq.0", "seq.1"], ["seq.2", "seq.3"]]
+    fused = fuse_modules(net)
+    assert type(fused.seq[0]) is LinearReLU and type(fused.seq[3]) is nn.Identity
+    assert type(fused.lin) is nn.Linear  # the use outside the group is not fused
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), rtol=1e-6, atol=1e-6)
+
+
+def test_inplace_swaps_only_the_fused_slots():
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2)).eval()
+    head, weight, conv = model[2], model[2].weight, model[0][0]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    fuse_modules(model, inplace=True)
+    assert type(model[0][0]) is ConvReLU2d and model[2] is head and model[2].weight is weight
+    before = weight.detach().clone()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model[2].weight)  # the optimizer still trains the head
+    assert model[0][0].conv is not conv  # the fused module is built on a copy
+    with pytest.raises(ValueError, match="more than one group"):
+        fuse_modules(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.ReLU()), [["0", "1"], ["0", "2"]])
+
+
+def test_auto_fusion_skips_bn_it_cannot_fold_explicit_groups_raise():
+    no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False),
+                             nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU()).eval()
+    # BatchNorm1d over dim 1 (length 5) of a [N, 5, 8] Linear output: valid, not foldable
+    over_length = nn.Sequential(nn.Linear(8, 8), _randomize_bn(nn.BatchNorm1d(5))).eval()
+    assert find_fusable(no_stats) == [["3", "4"]]
+    assert find_fusable(over_length) == []
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_modules(over_length)(x), over_length(x))
+    with pytest.raises(ValueError, match="no running statistics.*fuse=False"):
+        fuse_modules(no_stats, [["0", "1", "2"]])
+
+
+def test_folded_linear_bn1d_refuses_input_it_would_get_wrong():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), _randomize_bn(nn.BatchNorm1d(8))).eval()
+    fused = fuse_modules(model)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"0 \+ 1: BatchNorm1d.*2-D.*\(4, 8, 8\).*fuse=False"):
+        fused(torch.randn(4, 8, 8))  # BatchNorm1d normalizes dim 1 here, not the features

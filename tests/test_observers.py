@@ -132,8 +132,6 @@ def test_bad_input_errors():
     o = MinMaxObserver(name="fc")
     with pytest.raises(RuntimeError, match="fc.*no data"):
         o.calculate_qparams()
-    with pytest.raises(ValueError, match="empty"):
-        o(torch.empty(0, 3))
     with pytest.raises(TypeError, match="floating"):
         o(torch.ones(3, dtype=torch.int32))
     pc = MinMaxObserver(axis=1)
@@ -176,3 +174,65 @@ def test_quant_config_precedence():
     assert cfg.qconfig_for("c", nn.Conv2d(1, 1, 1)) is cfg.global_qconfig
     with pytest.raises(ValueError, match="no module named"):
         cfg.check_names(["", "body", "body.fc"])
+
+
+@pytest.mark.parametrize("data,expected", [
+    (torch.full((8, 4), 2.5), (0.0, 2.5)),     # constant (e.g. a saturated sigmoid)
+    (torch.full((8, 4), -7.0), (-7.0, 0.0)),
+    (torch.linspace(0.5, 1.0, 256), (0.0, 1.0)),  # all positive, min > min_fraction * max
+])
+def test_mse_range_of_one_signed_data_includes_zero(data, expected):
+    o = MSEObserver()
+    o(data)
+    lo, hi = o.calculate_range()
+    assert (float(lo), float(hi)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_mse_one_signed_data_per_channel():
+    x = torch.stack([torch.linspace(0.5, 1.0, 64), torch.linspace(-3.0, -2.0, 64)])
+    o = MSEObserver(axis=0)
+    o(x)
+    lo, hi = o.calculate_range()
+    assert lo.tolist() == pytest.approx([0.0, -3.0]) and hi.tolist() == pytest.approx([1.0, 0.0])
+
+
+@pytest.mark.parametrize("cls", [MinMaxObserver, MovingAverageMinMaxObserver,
+                                 HistogramObserver, MSEObserver])
+def test_empty_tensors_are_not_observed(cls):
+    o = cls(name="experts.1")
+    empty = torch.empty(0, 3)
+    assert o(empty) is empty and not o.calibrated  # an expert that got no tokens
+    o(torch.tensor([[-1.0, 0.5, 2.0]]))
+    before = [float(v) for v in o.calculate_range()]
+    o(empty)
+    assert o.batches == 1 and [float(v) for v in o.calculate_range()] == before
+
+
+@pytest.mark.parametrize("cls", [MinMaxObserver, MovingAverageMinMaxObserver,
+                                 HistogramObserver, MSEObserver])
+def test_state_dict_restores_a_calibrated_observer_into_a_fresh_one(cls):
+    torch.manual_seed(0)
+    o = cls()
+    for _ in range(3):
+        o(torch.randn(64) * 2 + 1)
+    fresh = cls()
+    fresh.load_state_dict(o.state_dict())
+    assert fresh.batches == 3
+    assert [float(v) for v in fresh.calculate_qparams()] == \
+           [float(v) for v in o.calculate_qparams()]
+    # A cached range is not reused after a load (the batch count can be the same).
+    other = cls()
+    other(torch.randn(64) * 5 - 3)
+    one = cls()
+    one(torch.randn(64))
+    one.calculate_range()
+    one.load_state_dict(other.state_dict())
+    assert [float(v) for v in one.calculate_range()] == \
+           [float(v) for v in other.calculate_range()]
+
+
+def test_state_dict_with_other_bins_is_refused():
+    o = HistogramObserver(bins=32)
+    o(torch.randn(16))
+    with pytest.raises(RuntimeError, match="histogram has 32 bins"):
+        HistogramObserver(bins=64).load_state_dict(o.state_dict())

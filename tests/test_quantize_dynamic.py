@@ -415,3 +415,21 @@ def test_a_converted_root_attention_has_one_row():
     # its out_proj is inside the replaced root: no row claiming the attention stayed float
     r = int8kit.quantize_dynamic(nn.MultiheadAttention(16, 2).eval()).int8kit_report
     assert [(row.name, row.converted) for row in r.layers] == [("", True)]
+
+
+def test_layers_called_with_keyword_input_run_after_conversion():
+    """nn.Linear and nn.Conv2d name their argument `input`; a model that calls
+    self.fc(input=x) must still run once its layers are swapped."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(input=self.conv(input=x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    q = int8kit.quantize_dynamic(model, {nn.Linear, nn.Conv2d})
+    assert all(r.converted for r in q.int8kit_report.layers)
+    torch.testing.assert_close(q(x), model(x), atol=0.05, rtol=0)

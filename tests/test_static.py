@@ -549,3 +549,167 @@ def test_model_without_hooks_takes_the_uint8_handoff():
         assert torch.equal(q(x), fast) and len(calls) == 3
         handle.remove()
         assert torch.equal(q(x), fast) and len(calls) == 3  # back on the fast path
+
+
+def test_default_config_quantizes_a_layer_after_sigmoid():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2)).eval()
+    q = quantize_static(model, torch.randn(64, 4))  # default: MSEObserver
+    rows = {r.name: r for r in q.int8kit_report.layers}
+    assert rows["2"].converted and rows["2"].input_range[0] == 0.0  # all-positive input
+
+
+def test_quantized_or_loaded_under_inference_mode_runs_and_follows_edits():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(16, 8)
+    ref = quantize_static(model, x)
+    with torch.inference_mode():
+        q = quantize_static(model, x)
+    assert q[2].input_scale.is_inference()
+    with torch.no_grad():
+        assert torch.equal(q(x), ref(x))
+    with torch.inference_mode():
+        before = q(x)
+        assert torch.equal(before, ref(x))
+        q[2].input_scale.mul_(2)  # an in-place edit of an inference tensor
+        out = q(x)
+    with torch.no_grad():
+        ref[2].input_scale.mul_(2)
+        assert torch.equal(out, ref(x)) and not torch.equal(out, before)
+
+
+def test_prepare_model_reusing_one_module_in_a_sequential():
+    torch.manual_seed(0)
+    relu = nn.ReLU(inplace=True)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), relu, nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8), relu).eval()
+    x = torch.randn(4, 3, 8, 8)
+    q = quantize_static(model, x, MINMAX)
+    assert [r.converted for r in q.int8kit_report.layers] == [True, True]
+    prepared = prepare(model, QuantConfig().set_module_name("5", None))  # an alias's name
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_prepared_state_dict_loads_into_a_fresh_prepare():
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    torch.manual_seed(1)
+    prepared = calibrate(prepare(net()), [torch.randn(32, 8) for _ in range(2)], progress=False)
+    fresh = prepare(net())
+    fresh.load_state_dict(prepared.state_dict())
+    assert fresh[0].int8kit_input_observer.batches == 2
+    x = torch.randn(8, 8)
+    with torch.no_grad():
+        assert torch.equal(convert(fresh)(x), convert(prepared)(x))
+
+
+def test_input_range_too_wide_skips_only_that_layer():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1e38)
+        model[0].bias.zero_()
+    prepared = calibrate(prepare(model, MINMAX), torch.tensor([[3.0, 0, 0, 0], [-3.0, 0, 0, 0]]),
+                         progress=False)
+    types_before = _types(prepared)
+    q = convert(prepared)
+    rows = {r.name: r for r in q.int8kit_report.layers}
+    assert rows["0"].converted and not rows["1"].converted
+    assert "input range" in rows["1"].detail and "too wide" in rows["1"].detail
+    assert type(q[1]) is nn.Linear
+    with pytest.raises(int8kit.nn.NotConvertibleError, match="cannot convert 1: input range"):
+        convert(prepared, strict=True)
+    assert _types(prepared) == types_before
+    assert hasattr(prepared[1], "int8kit_input_observer")
+
+
+class _MoE(nn.Module):
+    """Routes each row to one expert: an expert may get no rows at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(4, 2)
+        self.experts = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+
+    def forward(self, x):
+        route, out = self.gate(x).argmax(-1), torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            out[route == i] = expert(x[route == i])
+        return out
+
+
+def test_calibration_skips_empty_tensors_inside_the_model():
+    torch.manual_seed(0)
+    moe = _MoE().eval()
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.bias.copy_(torch.tensor([1.0, -1.0]))  # every row goes to expert 0
+    prepared = calibrate(prepare(moe, MINMAX), torch.randn(8, 4), progress=False)
+    assert prepared.experts[0].int8kit_input_observer.batches == 1
+    assert not prepared.experts[1].int8kit_input_observer.calibrated
+    rows = {r.name: r for r in convert(prepared).int8kit_report.layers}
+    assert rows["experts.0"].converted and not rows["experts.1"].converted
+    with pytest.raises(ValueError, match="batch 1 is empty"):
+        calibrate(prepared, [torch.randn(2, 4), torch.empty(0, 4)], progress=False)
+
+
+def test_layer_called_with_keyword_input():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.conv = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return self.conv(input=self.fc(input=x).reshape(-1, 1, 2, 2))
+
+    torch.manual_seed(0)
+    net, x = Net().eval(), torch.randn(8, 4)
+    q = quantize_static(net, x, MINMAX)
+    assert all(r.converted for r in q.int8kit_report.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), net(x), rtol=0, atol=0.05)
+
+
+def test_nan_weight_is_reported_as_the_weight():
+    prepared = calibrate(prepare(nn.Sequential(nn.Linear(4, 4)).eval()), torch.randn(8, 4),
+                         progress=False)
+    with torch.no_grad():
+        prepared[0].weight[0, 0] = float("nan")
+    row = convert(prepared).int8kit_report.layers[0]
+    assert not row.converted and row.detail == "weight contains NaN or Inf"
+
+
+def test_from_float_takes_weight_qparams_as_numbers():
+    torch.manual_seed(0)
+    lin, x = nn.Linear(4, 3), torch.randn(5, 4)
+    a = StaticQuantLinear.from_float(lin, 0.1, 3, weight_qparams=(0.05, 0))
+    b = StaticQuantLinear.from_float(lin, 0.1, 3, weight_qparams=(torch.tensor([0.05]),
+                                                                   torch.tensor([0])))
+    assert a.weight_scheme == "per_tensor" and torch.equal(a(x), b(x))
+    conv = StaticQuantConv2d.from_float(nn.Conv2d(2, 3, 1), 0.1, 3, weight_qparams=[0.05, 0])
+    assert conv.weight_scheme == "per_tensor"
+    with pytest.raises(TypeError, match="weight_qparams"):
+        StaticQuantLinear.from_float(lin, 0.1, 3, weight_qparams=0.05)
+    with pytest.raises(ValueError, match="weight_qparams scale"):
+        StaticQuantLinear.from_float(lin, 0.1, 3, weight_qparams=(-1.0, 0))
+
+
+def test_linear_bn1d_is_folded_and_converted_for_2d_input_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8),
+                          nn.BatchNorm1d(8)).eval()
+    x = torch.randn(32, 8)
+    q = quantize_static(model, x, MINMAX)
+    assert [r.converted for r in q.int8kit_report.layers] == [True, True]
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), model(x), rtol=0, atol=0.1)
+    x3 = torch.randn(4, 8, 8)  # BatchNorm1d normalizes dim 1 here: the fold would be wrong
+    with pytest.raises(ValueError, match="BatchNorm1d.*fuse=False"):
+        quantize_static(model, x3)
+    q3 = quantize_static(model, x3, MINMAX, fuse=False)
+    with torch.no_grad():
+        torch.testing.assert_close(q3(x3), model(x3), rtol=0, atol=0.1)

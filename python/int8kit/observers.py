@@ -57,12 +57,13 @@ class ObserverBase(nn.Module):
         return f"layer {self.name!r}" if self.name else type(self).__name__
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x as float32 [C, n] (per channel) or [1, n] (per tensor), after checks."""
+        """x as float32 [C, n] (per channel) or [1, n] (per tensor) with its extremes,
+        after checks; None for an empty x."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{self._where()}: observers take floating-point tensors, got "
                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
         if x.numel() == 0:
-            raise ValueError(f"{self._where()}: calibration batch is empty (shape {tuple(x.shape)})")
+            return None
         x = x.detach().float()
         if self.axis is None:
             rows = x.reshape(1, -1)
@@ -81,10 +82,32 @@ class ObserverBase(nn.Module):
         return rows, lo, hi
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, lo, hi = self._rows(x)
-        self._observe(rows, lo, hi)
+        seen = self._rows(x)
+        if seen is None:  # e.g. an MoE expert that got no tokens: nothing to observe
+            return x
+        self._observe(*seen)
         self.batches += 1
         return x
+
+    def get_extra_state(self):
+        # batches is a plain int (cheap to test and count) that state_dict must carry:
+        # without it a loaded observer would count as never calibrated.
+        return {"batches": self.batches}
+
+    def set_extra_state(self, state) -> None:
+        self.batches = int(state["batches"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # The buffers take the shape of what was observed (empty before calibration), so
+        # a fresh observer takes the checkpoint's shapes and dtypes instead of refusing them.
+        for name, buf in self._buffers.items():
+            t = state_dict.get(prefix + name)
+            if isinstance(t, torch.Tensor) and (t.shape != buf.shape or t.dtype != buf.dtype):
+                self._buffers[name] = torch.empty_like(t, device=buf.device)
+        self.__dict__.pop("_range_cache", None)  # keyed by batches, which may not change
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
     def _observe(self, rows, lo, hi) -> None:
         raise NotImplementedError
@@ -156,6 +179,13 @@ class _HistogramBase(ObserverBase):
         self.bins = bins
         self.register_buffer("histogram", torch.tensor([]))
         self.register_buffer("bin_sums", torch.tensor([]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        hist = state_dict.get(prefix + "histogram")
+        if isinstance(hist, torch.Tensor) and hist.numel() and hist.shape[-1] != self.bins:
+            args[-1].append(f"{prefix}histogram has {hist.shape[-1]} bins, this "  # error_msgs
+                            f"{type(self).__name__} has {self.bins}")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _accumulate(self, values, lo, hi, counts=None):
         """(counts, sums) [C, bins] of values [C, n] (weighted by counts if given)."""
@@ -229,10 +259,11 @@ class HistogramObserver(_HistogramBase):
 class MSEObserver(_HistogramBase):
     """Searches the clipping range that minimizes the expected squared quantization error.
 
-    Candidates shrink the observed range toward zero: [a_lo * min, a_hi * max] for
-    `steps` fractions in [min_fraction, 1]; first both ends by the same fraction, then
-    (asymmetric schemes, whose two ends may clip different tails) each end in turn. The error of a candidate is the sum over bins
-    of count * (mean - fake_quant(mean))^2, each bin standing in for its values by their
+    Candidates shrink the observed range, widened to include 0, toward zero:
+    [a_lo * min(min, 0), a_hi * max(max, 0)] for `steps` fractions in [min_fraction, 1];
+    first both ends by the same fraction, then (asymmetric schemes, whose two ends may clip
+    different tails) each end in turn. The error of a candidate is the sum over bins of
+    count * (mean - fake_quant(mean))^2, each bin standing in for its values by their
     mean; with 2048 bins a quantization step spans many bins, so rounding noise shows.
     """
 
@@ -265,7 +296,10 @@ class MSEObserver(_HistogramBase):
 
     def _range(self):
         fr = torch.linspace(self.min_fraction, 1.0, self.steps)[None, :]
-        lo_grid, hi_grid = self.min_val[:, None] * fr, self.max_val[:, None] * fr
+        # Shrink the range widened to include 0 (as the qparams are): shrinking [0.5, 1]
+        # itself would give candidates like [0.5, 0.2], with lo > hi.
+        lo_grid = self.min_val.clamp_max(0)[:, None] * fr
+        hi_grid = self.max_val.clamp_min(0)[:, None] * fr
         lo, hi = self._best(lo_grid, hi_grid)  # both ends shrunk by the same fraction
         if not self.symmetric:
             # Then each end on its own (coordinate descent over the same grid: every

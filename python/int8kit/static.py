@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dynamic import _HOOK_DICTS, ConversionReport, LayerReport, _module_bytes
-from .fusion import ConvReLU2d, LinearReLU, find_fusable, fuse_modules
+from .fusion import ConvReLU2d, LinearBN1d, LinearReLU, find_fusable, fuse_modules
 from .nn._base import NotConvertibleError, use_custom_op
 from .nn.static import STATIC_MODULES, StaticQuantConv2d, StaticQuantLinear
 from .qconfig import QuantConfig
@@ -50,7 +50,7 @@ def _forward_hooked(mod: nn.Module) -> bool:
 def _float_layer(mod: nn.Module):
     """(float conv/linear, relu fused, the float types it stands for) or None."""
     t = type(mod)
-    if t is nn.Linear:
+    if t is nn.Linear or t is LinearBN1d:
         return mod, False, (nn.Linear,)
     if t is LinearReLU:
         return mod.linear, True, (nn.Linear,)
@@ -61,11 +61,13 @@ def _float_layer(mod: nn.Module):
     return None
 
 
-def _observe_input(module, args):
-    """Forward pre-hook of a prepared layer: show its input to its observer."""
-    if not args or not isinstance(args[0], torch.Tensor):
+def _observe_input(module, args, kwargs):
+    """Forward pre-hook (with kwargs) of a prepared layer: show its input to its observer.
+    The input may come by keyword: nn.Linear and nn.Conv2d call it `input`."""
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor):
         raise TypeError(f"layer {getattr(module, _OBSERVER).name!r}: expected a tensor input")
-    getattr(module, _OBSERVER)(args[0])
+    getattr(module, _OBSERVER)(x)
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -85,12 +87,13 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, *, fuse: bool =
         config = QuantConfig()
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be an int8kit.QuantConfig or None, got {type(config).__name__}")
-    config.check_names(n for n, _ in model.named_modules())
+    # remove_duplicate=False: a module used in two places answers to both names.
+    config.check_names(n for n, _ in model.named_modules(remove_duplicate=False))
     work = copy.deepcopy(model).eval()
     fused_hooks = []  # modules whose forward hooks fusion drops (they become nn.Identity)
     if fuse:
         groups = find_fusable(work) if fuse_groups is None else fuse_groups
-        before = dict(work.named_modules())
+        before = dict(work.named_modules(remove_duplicate=False))
         work = fuse_modules(work, groups, inplace=True)
         fused_hooks = [n for g in groups for n in g[1:] if _forward_hooked(before[n])]
     skipped, fused = [], []
@@ -108,7 +111,7 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, *, fuse: bool =
         obs.name = name
         setattr(mod, _OBSERVER, obs)
         setattr(mod, _QCONFIG, qconfig)
-        mod.register_forward_pre_hook(_observe_input)
+        mod.register_forward_pre_hook(_observe_input, with_kwargs=True)
     work._int8kit_prepare_skips = skipped
     setattr(work, _FUSED_HOOKS, fused_hooks)
     return work
@@ -144,6 +147,8 @@ def calibrate(prepared: nn.Module, data, *, progress: bool = True,
             if max_batches is not None and n >= max_batches:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if isinstance(x, torch.Tensor) and x.numel() == 0:
+                raise ValueError(f"data: batch {n} is empty (shape {tuple(x.shape)})")
             prepared(x)
             n += 1
     if n == 0:
@@ -178,21 +183,24 @@ def _build(name: str, mod: nn.Module) -> tuple[nn.Module | None, StaticLayerRepo
     obs = getattr(mod, _OBSERVER)
     row = StaticLayerReport(name, type(mod).__name__, False, "", _float_bytes(float_mod), 0)
     if not obs.calibrated:
-        row.detail = "never ran during calibration (no input range)"
+        row.detail = "never ran during calibration, or only on empty tensors (no input range)"
         return None, row
-    lo, hi = obs.calculate_range()
-    scale, zp = obs.calculate_qparams()
-    row.input_range = (float(lo), float(hi))
-    row.input_scale, row.input_zero_point = float(scale), int(zp)
     wobs = getattr(mod, _QCONFIG).weight()
     wobs.name = name
     try:
-        wobs(float_mod.weight.detach())
+        lo, hi = obs.calculate_range()  # e.g. a range too wide for a float32 scale raises
+        scale, zp = obs.calculate_qparams()
+        row.input_range = (float(lo), float(hi))
+        row.input_scale, row.input_zero_point = float(scale), int(zp)
+        w = float_mod.weight.detach()
+        if not bool(torch.isfinite(w).all()):  # the observer would blame calibration data
+            raise ValueError("weight contains NaN or Inf")
+        wobs(w)
         wq = wobs.calculate_qparams()
         cls = StaticQuantLinear if isinstance(float_mod, nn.Linear) else StaticQuantConv2d
         new = cls.from_float(float_mod, scale, zp, weight_qparams=wq, relu=relu)
     except (NotConvertibleError, ValueError) as e:
-        row.detail = str(e)
+        row.detail = str(e) if row.input_range else f"input range: {e}"
         return None, row
     row.converted = True
     row.bytes_after = new.weight_bytes()
@@ -208,6 +216,7 @@ def _strip(mod: nn.Module) -> None:
     for key, hook in list(mod._forward_pre_hooks.items()):
         if hook is _observe_input:
             del mod._forward_pre_hooks[key]
+            mod._forward_pre_hooks_with_kwargs.pop(key, None)
     for attr in (_OBSERVER, _QCONFIG):
         if hasattr(mod, attr):
             delattr(mod, attr)

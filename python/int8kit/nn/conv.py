@@ -129,7 +129,8 @@ class QuantConv2d(QuantModuleBase):
             mod.bias.copy_(bias)
         return mod
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input  # named as in nn.Conv2d, so layer(input=x) runs as in float
         check_float_input(x)
         shape = x.shape
         if len(shape) != 4 or shape[1] != self.in_channels:

@@ -112,7 +112,8 @@ class QuantLinear(QuantModuleBase):
         mod._set_qweight(quantize(w, scale, zp, signed=True, axis=axis))
         return mod
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input  # named as in nn.Linear, so layer(input=x) runs as in float
         # One test admits the common call (eager, float32 [..., in_features] on the CPU) in
         # as few Python steps as possible: at M = 1 each costs about as much as the GEMM,
         # several microseconds when the module is out of cache, as it is between a model's

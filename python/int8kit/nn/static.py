@@ -102,7 +102,10 @@ class _StaticMixin:
         replaced or changed in place (their version counters move)."""
         b = self._buffers  # not self.input_scale: nn.Module's __getattr__ costs ~0.7 us
         s, z = b["input_scale"], b["input_zero_point"]
-        key = (id(s), s._version, id(z), z._version)
+        try:
+            key = (id(s), s._version, id(z), z._version)
+        except RuntimeError:  # inference tensors (made or loaded under inference_mode) have
+            return checked_input_params(float(s), int(z))  # no version counter to key on
         cache = self.__dict__.get("_input_params_cache")
         if cache is None or cache[0] != key:
             cache = (key, checked_input_params(float(s), int(z)))
@@ -128,21 +131,25 @@ class _StaticMixin:
                 f"zero_point={int(self.input_zero_point)}), relu={self.relu}")
 
 
-def _weight_qparams(w: torch.Tensor, weight_qparams, per_channel: bool):
-    """(scale [N or 1], zero point) for w: given by a weight observer, else min/max."""
+def _weight_qparams(w: torch.Tensor, weight_qparams):
+    """(scale [N or 1], zero point, per channel) for w: weight_qparams (numbers or tensors,
+    e.g. a weight observer's; one scale means per tensor), else per-channel min/max."""
     if weight_qparams is None:
         try:
-            return choose_qparams(w, symmetric=True, signed=True, axis=0 if per_channel else None)
+            return (*choose_qparams(w, symmetric=True, signed=True, axis=0), True)
         except ValueError as e:
             raise NotConvertibleError(f"weight: {e}") from None
-    scale, zp = weight_qparams
-    if bool((torch.as_tensor(zp) != 0).any()):
+    if not isinstance(weight_qparams, (tuple, list)) or len(weight_qparams) != 2:
+        raise TypeError(f"weight_qparams must be None or a pair (scale, zero_point), got "
+                        f"{weight_qparams!r}")
+    scale = scale_tensor(weight_qparams[0], "weight_qparams scale").reshape(-1)
+    zp = zero_point_tensor(weight_qparams[1], "weight_qparams zero_point", -128, 127)
+    if bool((zp != 0).any()):
         raise NotConvertibleError("weight zero points must be 0 (symmetric signed weights)")
     n = scale.numel()
-    if n not in (1, w.shape[0]) or (n > 1) != per_channel:
-        raise NotConvertibleError(f"weight scale has {n} values, expected "
-                                  f"{w.shape[0] if per_channel else 1}")
-    return scale, zp
+    if n not in (1, w.shape[0]):
+        raise NotConvertibleError(f"weight scale has {n} values, expected 1 or {w.shape[0]}")
+    return scale, torch.zeros(n, dtype=torch.int32), n > 1
 
 
 class StaticQuantLinear(_StaticMixin, QuantLinear):
@@ -165,8 +172,7 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         zero_point) from a weight observer (one scale: per tensor), else per-channel min/max."""
         base = QuantLinear.from_float(linear, threads=threads)  # checks the float module
         w = linear.weight.detach().float()
-        per_channel = weight_qparams is None or weight_qparams[0].numel() > 1
-        scale, zp = _weight_qparams(w, weight_qparams, per_channel)
+        scale, zp, per_channel = _weight_qparams(w, weight_qparams)
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   weight="per_channel" if per_channel else "per_tensor", relu=relu,
                   threads=threads)
@@ -196,7 +202,8 @@ class StaticQuantLinear(_StaticMixin, QuantLinear):
         y = torch.from_numpy(y)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input  # named as in nn.Linear, so fc(input=x) runs as in float
         if use_custom_op(x):  # traced: the int8kit::linear_static op
             self._check_x(x)
             xf = x if x.dtype == torch.float32 else x.float()
@@ -253,8 +260,7 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
         zero_point) from a weight observer (one scale: per tensor), else per-channel min/max."""
         base = QuantConv2d.from_float(conv, threads=threads)  # checks the float module
         w = conv.weight.detach().float()
-        per_channel = weight_qparams is None or weight_qparams[0].numel() > 1
-        scale, zp = _weight_qparams(w, weight_qparams, per_channel)
+        scale, zp, per_channel = _weight_qparams(w, weight_qparams)
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   _resolve_padding(conv), conv.dilation, conv.groups, conv.bias is not None,
                   weight="per_channel" if per_channel else "per_tensor", relu=relu,
@@ -300,7 +306,8 @@ class StaticQuantConv2d(_StaticMixin, QuantConv2d):
                              *(req or (1.0, 0)), self.threads or torch.get_num_threads())
         return torch.from_numpy(y.transpose(0, 3, 1, 2))  # channels_last strides
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input  # named as in nn.Conv2d, so conv(input=x) runs as in float
         if use_custom_op(x):  # traced: the int8kit::conv2d_static op
             check_float_input(x)
             self._check_shape(x.shape, "x")
