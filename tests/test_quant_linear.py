@@ -1,14 +1,17 @@
 """QuantLinear: numerics (vs torch.ao's reference and vs float), shapes, dtypes, state, errors."""
 
 import copy
+import gc
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import int8kit
+from int8kit import _C as C
 from int8kit._custom_ops import linear_dynamic_impl
 from int8kit.nn import NotConvertibleError, QuantLinear
 
@@ -190,6 +193,60 @@ def test_fast_eager_path_equals_checked_path(make_x):
     assert torch.equal(y, ql._forward_checked(x)) and not y.requires_grad
     ref = ql(x.detach().contiguous().reshape(-1, 50)).reshape(*x.shape[:-1], 30)
     assert y.shape == ref.shape and torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("make_x", [
+    lambda: _x(5, 50), lambda: _x(2, 3, 50), lambda: _x(50), lambda: _x(7, 50)[2:],
+    lambda: _x(50, 1).t(), lambda: _x(3, 50).requires_grad_(), lambda: torch.empty(0, 50)],
+    ids=["2d", "3d", "1d", "offset_view", "size1_dim_any_stride", "requires_grad", "empty"])
+def test_plain_float32_input_takes_the_dlpack_route(make_x, monkeypatch):
+    """The common call must not fall back to the checked path (a silent fallback would only
+    show as lost speed): its output is exact, shaped, aligned and owns its memory."""
+    ql = QuantLinear.from_float(_linear(50, 30))
+    x = make_x()
+    ref = ql._forward_checked(x)
+
+    def fail(_x):
+        raise AssertionError("took the checked path")
+
+    monkeypatch.setattr(ql, "_forward_checked", fail)
+    y = ql(x)
+    assert y.shape == (*x.shape[:-1], 30) and y.dtype == torch.float32
+    assert torch.equal(y, ref) and not y.requires_grad and y.is_contiguous()
+    assert y.data_ptr() % 64 == 0
+    del x
+    gc.collect()
+    y.add_(1)  # the output's memory is its own and writable
+    assert torch.equal(y, ref + 1) and np.array_equal(y.numpy(), (ref + 1).numpy())
+
+
+@pytest.mark.parametrize("make_x", [
+    lambda: _x(50, 4).t(), lambda: _x(6, 100)[:, ::2], lambda: _x(4, 50).double(),
+    lambda: _x(3, 49), lambda: torch.tensor(1.0), lambda: _x(3, 50).to(torch.bfloat16)],
+    ids=["transposed", "strided", "float64", "wrong_k", "0d", "bfloat16"])
+def test_the_dlpack_call_declines_what_it_cannot_read(make_x):
+    """None (the module then takes its checked path), never a wrong read."""
+    ql = QuantLinear.from_float(_linear(50, 30))
+    x = make_x()
+    assert C.linear_dynamic_dlpack(torch._C._to_dlpack(x), *ql._kernel_views(), True, False,
+                                   1) is None
+
+
+def test_the_dlpack_call_declines_non_capsules_and_frees_unused_outputs():
+    ql = QuantLinear.from_float(_linear(50, 30))
+    views = ql._kernel_views()
+    x = _x(4, 50)
+    cap = torch._C._to_dlpack(x)
+    torch._C._from_dlpack(cap)  # consumed: renamed "used_dltensor", no longer readable
+    for not_readable in (cap, x, x.numpy(), None, 3):
+        assert C.linear_dynamic_dlpack(not_readable, *views, True, False, 1) is None
+    for _ in range(3):  # an output capsule nobody adopts frees its tensor when collected
+        out = C.linear_dynamic_dlpack(torch._C._to_dlpack(x), *views, True, False, 1)
+        assert "dltensor" in repr(out)
+        del out
+    gc.collect()
+    out = C.linear_dynamic_dlpack(torch._C._to_dlpack(x), *views, True, False, 1)
+    assert torch.equal(torch._C._from_dlpack(out), ql._forward_checked(x))
 
 
 def test_deterministic_across_thread_counts():

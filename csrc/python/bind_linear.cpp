@@ -10,6 +10,7 @@
 
 #include "aligned_array.h"
 #include "checked_array.h"
+#include "dlpack_io.h"
 #include "int8kit/linear.h"
 
 namespace py = pybind11;
@@ -19,18 +20,12 @@ using namespace int8kit;
 
 namespace {
 
-// x [M, K], the packed weight, per-column scales and bias, checked against each other.
-LinearArgs linear_args(const py::handle& x_obj, const py::handle& packed_obj,
-                       const py::handle& w_scale_obj, const py::handle& bias_obj, bool relu) {
+// The packed weight, per-column scales and bias, checked against each other.
+LinearArgs weight_args(const py::handle& packed_obj, const py::handle& w_scale_obj,
+                       const py::handle& bias_obj, bool relu) {
   LinearArgs a;
   auto buf = checked<uint8_t>(packed_obj, "packed", 1);
   a.B = view_packed(buf.data(), static_cast<size_t>(buf.shape(0)));
-  auto x = checked<float>(x_obj, "x", 2);
-  if (x.shape(1) != a.B.k)
-    throw py::value_error("x has K=" + std::to_string(x.shape(1)) +
-                          " columns but the packed weight expects K=" + std::to_string(a.B.k));
-  a.x = x.data();
-  a.M = x.shape(0);
   auto ws = checked<float>(w_scale_obj, "w_scale", 1);
   if (ws.shape(0) != 1 && ws.shape(0) != a.B.n)
     throw py::value_error("w_scale must have length 1 or N=" + std::to_string(a.B.n));
@@ -38,10 +33,24 @@ LinearArgs linear_args(const py::handle& x_obj, const py::handle& packed_obj,
   a.w_scale_stride = ws.shape(0) == 1 ? 0 : 1;
   if (!bias_obj.is_none()) {
     auto bias = checked<float>(bias_obj, "bias", 1);
-    if (bias.shape(0) != a.B.n) throw py::value_error("bias must have length N=" + std::to_string(a.B.n));
+    if (bias.shape(0) != a.B.n)
+      throw py::value_error("bias must have length N=" + std::to_string(a.B.n));
     a.bias = bias.data();
   }
   a.relu = relu;
+  return a;
+}
+
+// x [M, K] and the weight arguments, checked against each other.
+LinearArgs linear_args(const py::handle& x_obj, const py::handle& packed_obj,
+                       const py::handle& w_scale_obj, const py::handle& bias_obj, bool relu) {
+  LinearArgs a = weight_args(packed_obj, w_scale_obj, bias_obj, relu);
+  auto x = checked<float>(x_obj, "x", 2);
+  if (x.shape(1) != a.B.k)
+    throw py::value_error("x has K=" + std::to_string(x.shape(1)) +
+                          " columns but the packed weight expects K=" + std::to_string(a.B.k));
+  a.x = x.data();
+  a.M = x.shape(0);
   return a;
 }
 
@@ -58,6 +67,31 @@ py::array linear_dynamic_py(const py::handle& x, const py::handle& packed,
   }
   if (!finite) throw py::value_error("x contains NaN or Inf; cannot quantize activations");
   return std::move(y);
+}
+
+// linear_dynamic on a torch tensor x [..., K] passed as a DLPack capsule (QuantLinear's
+// eager path; see dlpack_io.h): a capsule holding the float32 output [..., N], or None when
+// x is not a compact float32 CPU tensor whose last dimension is K, so that the module's
+// checked path converts it or says what is wrong.
+py::object linear_dynamic_dlpack_py(const py::handle& x_capsule, const py::handle& packed,
+                                    const py::handle& w_scale, const py::handle& bias,
+                                    bool per_row, bool relu, int nthreads) {
+  bind::FloatRows x;
+  if (!bind::float_rows(x_capsule, x)) return py::none();
+  LinearArgs a = weight_args(packed, w_scale, bias, relu);
+  if (x.cols != a.B.k) return py::none();
+  a.x = x.data;
+  a.M = x.rows;
+  std::vector<int64_t> shape = x.lead;
+  shape.push_back(a.B.n);
+  bind::FloatOutput y(std::move(shape));
+  bool finite;
+  {
+    py::gil_scoped_release nogil;
+    finite = linear_dynamic_f32(a, per_row, y.data(), nthreads);
+  }
+  if (!finite) throw py::value_error("x contains NaN or Inf; cannot quantize activations");
+  return y.release();
 }
 
 // One quantization of x for several layers: [packed...], [w_scale...], [bias or None...].
@@ -114,6 +148,12 @@ void bind_linear(py::module_& m) {
         py::arg("w_scale"), py::arg("bias"), py::arg("per_row"), py::arg("relu"),
         py::arg("threads"),
         "float32 [M, N] from float32 x [M, K]: dynamic uint8 quantization + GEMM, fused");
+  m.def("linear_dynamic_dlpack", &linear_dynamic_dlpack_py, py::arg("x"), py::arg("packed"),
+        py::arg("w_scale"), py::arg("bias"), py::arg("per_row"), py::arg("relu"),
+        py::arg("threads"),
+        "linear_dynamic on a DLPack capsule of a float32 CPU tensor [..., K]: a capsule of "
+        "the output [..., N], or None when x is not a compact float32 CPU tensor with K "
+        "columns");
   m.def("linear_dynamic_multi", &linear_dynamic_multi_py, py::arg("x"), py::arg("packed"),
         py::arg("w_scale"), py::arg("bias"), py::arg("per_row"), py::arg("threads"),
         "[float32 [M, N_i]] from float32 x [M, K] and several packed weights: x quantized "

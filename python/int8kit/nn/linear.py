@@ -10,7 +10,7 @@ from .. import _C, ops
 from .._custom_ops import _numpy, linear_dynamic
 from ..qparams import choose_qparams, quantize
 from ._base import (NotConvertibleError, QuantModuleBase, check_float_input, checked_bias,
-                    use_custom_op)
+                    from_dlpack, to_dlpack, use_custom_op)
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
 ACTIVATION_SCHEMES = ("per_row", "per_tensor")
@@ -117,15 +117,21 @@ class QuantLinear(QuantModuleBase):
         # One test admits the common call (eager, float32 [..., in_features] on the CPU) in
         # as few Python steps as possible: at M = 1 each costs about as much as the GEMM,
         # several microseconds when the module is out of cache, as it is between a model's
-        # layers (the shape is read from numpy's view, which costs less than asking torch).
-        # Everything else is validated in full.
+        # layers. The tensor goes in and out as a DLPack capsule (dlpack_io.h says why);
+        # the native call returns None for anything but a compact float32 CPU tensor with
+        # in_features columns. Everything else is validated in full.
         if type(x) is torch.Tensor and x.dtype is torch.float32 and not use_custom_op(x):
+            y = None
             try:
-                a = _numpy(x)
-            except TypeError:  # not a dense CPU tensor: the checked path says what is wrong
-                return self._forward_checked(x)
-            if a.ndim and a.shape[-1] == self.in_features:
-                return torch.from_numpy(self._run(a))
+                cap = to_dlpack(x)
+            except (RuntimeError, TypeError, BufferError):  # e.g. no storage
+                cap = None
+            if cap is not None:
+                y = _C.linear_dynamic_dlpack(cap, *self._kernel_views(),
+                                             self.activation_scheme == "per_row", self.relu,
+                                             self.threads or torch.get_num_threads())
+            if y is not None:
+                return from_dlpack(y)
         return self._forward_checked(x)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
