@@ -350,6 +350,35 @@ def test_bad_zero_points_uint8(rng, ref, zp, exc, as_torch):
         ops.gemm_s32(torch.from_numpy(a) if as_torch else a, zp, p)
 
 
+@pytest.mark.parametrize("m", [0, 1, 7])
+def test_torch_uint8_call_takes_the_dlpack_route_and_is_exact(rng, ref, m, monkeypatch):
+    """gemm_s32's common call (torch uint8 [M, K], int zero point) must not fall back to
+    the checked path, and its output is exact, aligned and its own."""
+    a, p = _setup(rng, ref, m=m, k=37, n=21)
+    w = p.unpack().numpy()
+    big = torch.from_numpy(ref.rand_u8(rng, (m + 2, 37)))
+    monkeypatch.setattr(ops, "_activations", lambda *args: pytest.fail("took the checked path"))
+    for at in (torch.from_numpy(a), big[2:]):  # and a view with a storage offset
+        y = ops.gemm_s32(at, 5, p, threads=2)
+        assert y.dtype == torch.int32 and y.shape == (m, 21) and y.data_ptr() % 64 == 0
+        assert np.array_equal(y.numpy(), ref.gemm_s32(at.numpy(), 5, w))
+        y.add_(1)  # writable, its own memory
+
+
+@pytest.mark.parametrize("make_a", [
+    lambda a: a.t(), lambda a: a[:, ::2], lambda a: a.to(torch.int8), lambda a: a[:, :7],
+    lambda a: a.reshape(-1), lambda a: a.reshape(1, 3, 8)], ids=[
+    "transposed", "strided", "int8", "wrong_k", "1d", "3d"])
+def test_the_gemm_dlpack_call_declines_what_it_cannot_read(rng, ref, make_a):
+    a, p = _setup(rng, ref, m=3, k=8, n=5)
+    at = make_a(torch.from_numpy(a))
+    assert int8kit._C.gemm_s32_dlpack(torch._C._to_dlpack(at), 0, p._view, 1) is None
+    for not_a_capsule in (a, None, 7):
+        assert int8kit._C.gemm_s32_dlpack(not_a_capsule, 0, p._view, 1) is None
+    with pytest.raises(ValueError, match="a_zero_point"):
+        int8kit._C.gemm_s32_dlpack(torch._C._to_dlpack(torch.from_numpy(a)), 256, p._view, 1)
+
+
 @pytest.mark.parametrize("zp", [128, -129, np.array([0, 128, 0]), 255])
 def test_bad_zero_points_int8(rng, ref, zp):
     a, p = _setup(rng, ref)

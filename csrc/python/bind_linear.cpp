@@ -76,15 +76,15 @@ py::array linear_dynamic_py(const py::handle& x, const py::handle& packed,
 py::object linear_dynamic_dlpack_py(const py::handle& x_capsule, const py::handle& packed,
                                     const py::handle& w_scale, const py::handle& bias,
                                     bool per_row, bool relu, int nthreads) {
-  bind::FloatRows x;
-  if (!bind::float_rows(x_capsule, x)) return py::none();
+  bind::Rows<float> x;
+  if (!bind::dl_rows(x_capsule, x)) return py::none();
   LinearArgs a = weight_args(packed, w_scale, bias, relu);
   if (x.cols != a.B.k) return py::none();
   a.x = x.data;
   a.M = x.rows;
   std::vector<int64_t> shape = x.lead;
   shape.push_back(a.B.n);
-  bind::FloatOutput y(std::move(shape));
+  bind::Output<float> y(std::move(shape));
   bool finite;
   {
     py::gil_scoped_release nogil;

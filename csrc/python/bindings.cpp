@@ -9,6 +9,7 @@
 
 #include "aligned_array.h"
 #include "checked_array.h"
+#include "dlpack_io.h"
 #include "int8kit/cpu_features.h"
 #include "int8kit/gemm.h"
 #include "int8kit/isa.h"
@@ -114,6 +115,34 @@ py::array gemm_py(const py::handle& a_obj, const py::handle& a_zp_obj,
   return out;
 }
 
+// gemm with int32 output on a torch uint8 tensor a [M, K] passed as a DLPack capsule
+// (ops.gemm_s32's common call; dlpack_io.h says why): a capsule of the output [M, N], or
+// None when a is not a compact 2-D uint8 CPU tensor with K columns, so that ops' checked
+// path converts it or says what is wrong.
+py::object gemm_s32_dlpack_py(const py::handle& a_capsule, int32_t a_zp,
+                              const py::handle& packed_obj, int nthreads) {
+  if (a_zp < 0 || a_zp > 255) throw py::value_error("a_zero_point must be in [0, 255]");
+  bind::Rows<uint8_t> a;
+  if (!bind::dl_rows(a_capsule, a) || a.lead.size() != 1) return py::none();
+  GemmArgs g;
+  g.B = view_of(packed_obj);
+  if (a.cols != g.B.k) return py::none();
+  g.M = a.rows;
+  g.A = a.data;
+  g.lda = g.B.k;
+  g.a_zp = &a_zp;
+  g.a_zp_stride = 0;
+  bind::Output<int32_t> out({g.M, g.B.n});
+  g.out = OutKind::s32;
+  g.C = out.data();
+  g.ldc = g.B.n;
+  {
+    py::gil_scoped_release nogil;
+    gemm_with_isa(g, nthreads, active_isa());
+  }
+  return out.release();
+}
+
 }  // namespace
 
 void bind_conv(pybind11::module_& m);
@@ -170,6 +199,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("a_scale"), py::arg("w_scale"), py::arg("bias"),
         py::arg("relu"), py::arg("out_inv_scale"), py::arg("out_zero_point"),
         py::arg("threads"), py::arg("isa"));
+  m.def("gemm_s32_dlpack", &gemm_s32_dlpack_py, py::arg("a"), py::arg("a_zero_point"),
+        py::arg("packed"), py::arg("threads"),
+        "int32 [M, N] from a DLPack capsule of a uint8 CPU tensor [M, K] (a capsule), or "
+        "None when a is not a compact 2-D uint8 CPU tensor with K columns");
   m.def("quantize_dynamic_u8", [](const py::handle& x_obj, bool per_row, const py::handle& q_obj,
                                   const py::handle& scale_obj, const py::handle& zp_obj,
                                   int nthreads) {

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 namespace int8kit::bind {
@@ -46,48 +47,66 @@ struct DLManagedTensor {
 
 constexpr const char* kDLCapsuleName = "dltensor";
 
-// A float32 CPU tensor [..., cols] in compact row-major order, seen as rows x cols.
-struct FloatRows {
-  const float* data = nullptr;
+// DLPack's code and bits for the element types the bindings exchange.
+template <typename T>
+constexpr DLDataType dl_type() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, uint8_t> ||
+                std::is_same_v<T, int32_t>);
+  if constexpr (std::is_same_v<T, float>) return {2, 32, 1};
+  if constexpr (std::is_same_v<T, uint8_t>) return {1, 8, 1};
+  return {0, 32, 1};
+}
+
+// A CPU tensor of T [..., cols] in compact row-major order, seen as rows x cols.
+template <typename T>
+struct Rows {
+  const T* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
   std::vector<int64_t> lead;  // the leading dimensions (shape without its last)
 };
 
-// The capsule's tensor as FloatRows, or false when it is something else (another device,
+// The capsule's tensor as Rows<T>, or false when it is something else (another device,
 // dtype, a non-compact layout, a 0-d tensor): the caller then takes its checked path,
 // which names what is wrong. The capsule is only borrowed: the caller keeps it alive, and
 // its destructor (torch's) releases the tensor.
-inline bool float_rows(const py::handle& capsule, FloatRows& out) {
+template <typename T>
+bool dl_rows(const py::handle& capsule, Rows<T>& out) {
   if (!PyCapsule_IsValid(capsule.ptr(), kDLCapsuleName)) return false;
   const auto* mt =
       static_cast<const DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), kDLCapsuleName));
   const DLTensor& t = mt->dl_tensor;
-  if (t.device.device_type != 1 || t.dtype.code != 2 || t.dtype.bits != 32 ||
+  constexpr DLDataType want = dl_type<T>();
+  if (t.device.device_type != 1 || t.dtype.code != want.code || t.dtype.bits != want.bits ||
       t.dtype.lanes != 1 || t.ndim < 1)
     return false;
-  int64_t expected = 1;  // compact strides, checked from the last dimension
-  int64_t rows = 1;
-  for (int32_t d = t.ndim - 1; d >= 0; --d) {
-    const int64_t size = t.shape[d];
-    if (size < 0) return false;
-    if (t.strides != nullptr && size != 1 && t.strides[d] != expected) return false;
-    if (__builtin_mul_overflow(expected, size, &expected)) return false;
-    if (d < t.ndim - 1) rows *= size;  // no overflow: bounded by `expected`
+  int64_t numel = 1;
+  for (int32_t d = 0; d < t.ndim; ++d)
+    if (t.shape[d] < 0 || __builtin_mul_overflow(numel, t.shape[d], &numel)) return false;
+  // Compact row-major strides, checked from the last dimension; a dimension of size 1 is
+  // never stepped, and a tensor with no elements is never read.
+  int64_t expected = 1;
+  for (int32_t d = t.ndim - 1; d >= 0 && numel > 0 && t.strides != nullptr; --d) {
+    if (t.shape[d] != 1 && t.strides[d] != expected) return false;
+    expected *= t.shape[d];  // no overflow: bounded by numel
   }
-  out.data = reinterpret_cast<const float*>(static_cast<const char*>(t.data) + t.byte_offset);
+  int64_t rows = 1;  // may exceed numel when the last dimension is 0
+  for (int32_t d = 0; d < t.ndim - 1; ++d)
+    if (__builtin_mul_overflow(rows, t.shape[d], &rows)) return false;
+  out.data = reinterpret_cast<const T*>(static_cast<const char*>(t.data) + t.byte_offset);
   out.cols = t.shape[t.ndim - 1];
   out.rows = rows;
   out.lead.assign(t.shape, t.shape + t.ndim - 1);
   return true;
 }
 
-// A new float32 CPU tensor of `shape` (uninitialized, 64-byte aligned) in a "dltensor"
+// A new CPU tensor of T and `shape` (uninitialized, 64-byte aligned) in a "dltensor"
 // capsule that torch._C._from_dlpack adopts; freed by whoever ends up owning it.
-class FloatOutput {
+template <typename T>
+class Output {
  public:
-  explicit FloatOutput(std::vector<int64_t> shape) : owned_(new Owned) {
-    size_t bytes = sizeof(float);
+  explicit Output(std::vector<int64_t> shape) : owned_(new Owned) {
+    size_t bytes = sizeof(T);
     for (int64_t d : shape)
       if (d < 0 || __builtin_mul_overflow(bytes, static_cast<size_t>(d), &bytes))
         throw std::bad_alloc();
@@ -99,7 +118,7 @@ class FloatOutput {
     t.data = owned_->data;
     t.device = {1, 0};
     t.ndim = static_cast<int32_t>(owned_->shape.size());
-    t.dtype = {2, 32, 1};
+    t.dtype = dl_type<T>();
     t.shape = owned_->shape.data();
     t.strides = nullptr;
     t.byte_offset = 0;
@@ -109,7 +128,7 @@ class FloatOutput {
     };
   }
 
-  float* data() const { return static_cast<float*>(owned_->data); }
+  T* data() const { return static_cast<T*>(owned_->data); }
 
   // Hands the tensor to a capsule; a capsule that nobody consumed frees it when collected.
   py::object release() {

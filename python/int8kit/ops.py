@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import _C
+from ._dlpack import from_dlpack, to_dlpack
 from ._validate import as_numpy, kernel_param, per_index, requant_params
 
 MAX_K: int = _C.MAX_K
@@ -162,7 +163,6 @@ def _activations(a, a_zero_point):
     return arr, zp, is_torch
 
 
-_U8 = np.dtype(np.uint8)
 
 
 def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=None,
@@ -172,16 +172,17 @@ def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=No
     # more when the GEMM has just pushed the interpreter out of cache. Everything else,
     # and any argument this path does not accept, goes through the checks below.
     if (out_dtype is np.int32 and type(a) is torch.Tensor and type(a_zero_point) is int
-            and isa is None and type(packed) is PackedWeight and 0 <= a_zero_point <= 255):
-        try:
-            arr = a.numpy()
-        except (TypeError, RuntimeError):
-            arr = None
-        if (arr is not None and arr.dtype is _U8 and arr.ndim == 2 and arr.flags.c_contiguous
-                and (threads is None or (type(threads) is int and threads > 0))):
-            return torch.from_numpy(_C.gemm(
-                arr, _ZP_ARRAYS[a_zero_point], packed._view, out_dtype, None, None, None,
-                False, 1.0, 0, threads or torch.get_num_threads(), ""))
+            and isa is None and type(packed) is PackedWeight and 0 <= a_zero_point <= 255
+            and (threads is None or (type(threads) is int and threads > 0))):
+        try:  # in and out as DLPack capsules: cheaper than numpy views (dlpack_io.h)
+            cap = to_dlpack(a)
+        except (TypeError, RuntimeError, BufferError):
+            cap = None
+        if cap is not None:
+            out = _C.gemm_s32_dlpack(cap, a_zero_point, packed._view,
+                                     threads or torch.get_num_threads())
+            if out is not None:
+                return from_dlpack(out)
     buf = _packed_buffer(packed)
     arr, zp, is_torch = _activations(a, a_zero_point)
     # values (scales finite and > 0, bias finite) are checked by the kernel

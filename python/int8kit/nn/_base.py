@@ -41,10 +41,6 @@ def check_float_input(x, name: str = "x") -> None:
         raise ValueError(f"{name} must be a dense tensor, got a nested tensor")
 
 
-# Tensors to and from the native calls as DLPack capsules (csrc/python/dlpack_io.h): the
-# torch._C functions, since torch.utils.dlpack's wrappers add Python steps to every call.
-to_dlpack = getattr(torch._C, "_to_dlpack", None) or torch.utils.dlpack.to_dlpack
-from_dlpack = getattr(torch._C, "_from_dlpack", None) or torch.utils.dlpack.from_dlpack
 _is_compiling = torch.compiler.is_compiling  # (module attribute lookups cost when cold)
 _jit_tracing_state = torch._C._get_tracing_state
 

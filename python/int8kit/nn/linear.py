@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from .. import _C, ops
+from .._dlpack import from_dlpack, to_dlpack
 from .._custom_ops import _numpy, linear_dynamic
 from ..qparams import choose_qparams, quantize
 from ._base import (NotConvertibleError, QuantModuleBase, check_float_input, checked_bias,
-                    from_dlpack, to_dlpack, use_custom_op)
+                    use_custom_op)
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
 ACTIVATION_SCHEMES = ("per_row", "per_tensor")
