@@ -30,7 +30,7 @@ import pytest
 import int8kit
 from int8kit import ops
 
-ALL_PATHS = ("scalar", "avx2", "avx_vnni", "avx512_vnni")
+ALL_PATHS = ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx_int8")
 SUPPORTED_PATHS = list(int8kit.cpu_info()["supported_paths"])
 UNSUPPORTED_PATHS = [p for p in ALL_PATHS if p not in SUPPORTED_PATHS]
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

@@ -11,12 +11,12 @@ import torch
 import int8kit
 from int8kit import ops
 
-ALL_PATHS = ("scalar", "avx2", "avx_vnni", "avx512_vnni")
+ALL_PATHS = ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx_int8")
 SUPPORTED_PATHS = list(int8kit.cpu_info()["supported_paths"])
 UNSUPPORTED_PATHS = [p for p in ALL_PATHS if p not in SUPPORTED_PATHS]
 
 FEATURES = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
-            "avx_vnni", "os_ymm", "os_zmm"}
+            "avx_vnni", "amx_int8", "os_ymm", "os_zmm"}
 
 
 # ------------------------------------------------------------------------------ cpu_info
@@ -47,6 +47,8 @@ def test_cpu_info_is_consistent():
     if "avx512_vnni" in supported:
         assert all(f[k] for k in ("avx512f", "avx512bw", "avx512vl", "avx512dq",
                                   "avx512_vnni", "os_zmm"))
+    if "amx_int8" in supported:
+        assert f["amx_int8"] and "avx512_vnni" in supported
     # A feature the OS does not save state for is never reported.
     if not f["os_ymm"]:
         assert not (f["avx2"] or f["fma"] or f["os_zmm"])

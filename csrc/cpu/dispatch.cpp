@@ -17,6 +17,7 @@ const char* isa_name(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx_vnni: return "avx_vnni";
     case Isa::avx512_vnni: return "avx512_vnni";
+    case Isa::amx_int8: return "amx_int8";
   }
   return "unknown";
 }
@@ -26,8 +27,10 @@ Isa parse_isa(const std::string& name) {
   if (name == "avx2") return Isa::avx2;
   if (name == "avx_vnni") return Isa::avx_vnni;
   if (name == "avx512_vnni") return Isa::avx512_vnni;
+  if (name == "amx_int8") return Isa::amx_int8;
   throw std::invalid_argument("unknown kernel path '" + name +
-                              "'; expected one of: scalar, avx2, avx_vnni, avx512_vnni");
+                              "'; expected one of: scalar, avx2, avx_vnni, avx512_vnni, "
+                              "amx_int8");
 }
 
 bool isa_supported(Isa isa) {
@@ -39,6 +42,7 @@ bool isa_supported(Isa isa) {
     case Isa::avx_vnni: return f.avx2 && f.fma && f.avx_vnni;
     case Isa::avx512_vnni: return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq &&
                                   f.avx512_vnni;
+    case Isa::amx_int8: return isa_supported(Isa::avx512_vnni) && f.amx_int8;
 #else
     default: (void)f; return false;
 #endif
@@ -47,6 +51,7 @@ bool isa_supported(Isa isa) {
 }
 
 Isa best_supported_isa() {
+  if (isa_supported(Isa::amx_int8)) return Isa::amx_int8;
   if (isa_supported(Isa::avx512_vnni)) return Isa::avx512_vnni;
   if (isa_supported(Isa::avx_vnni)) return Isa::avx_vnni;
   if (isa_supported(Isa::avx2)) return Isa::avx2;
@@ -112,6 +117,10 @@ const KernelTable& kernels_for(Isa isa) {
   static const KernelTable avx512{gemm_block_avx512vnni, minmax_avx512, quantize_u8_avx512,
                                   gemm_gather_block_avx512vnni, tile_rows_avx512vnni,
                                   tile_panels_avx512vnni};
+  // AMX for the GEMM; conv's implicit GEMM (gathered rows) and the rest stay on AVX-512.
+  static const KernelTable amx{gemm_block_amx, minmax_avx512, quantize_u8_avx512,
+                               gemm_gather_block_avx512vnni, tile_rows_amx, tile_panels_amx};
+  if (isa == Isa::amx_int8) return amx;
   if (isa == Isa::avx512_vnni) return avx512;
   if (isa == Isa::avx_vnni) return avx_vnni;
   if (isa == Isa::avx2) return avx2;

@@ -64,6 +64,10 @@ MinMax minmax_avx512(const float*, int64_t);
 int tile_rows_avx512vnni(int64_t panels);
 int tile_panels_avx512vnni(int64_t panels);
 void quantize_u8_avx512(const float*, int64_t, float, int32_t, uint8_t*);
+
+void gemm_block_amx(const GemmArgs&, int64_t, int64_t, int64_t, int64_t);
+int tile_rows_amx(int64_t panels);
+int tile_panels_amx(int64_t panels);
 #endif
 
 const KernelTable& kernels_for(Isa isa);

@@ -42,10 +42,11 @@ py::dict cpu_info() {
   features["avx512dq"] = f.avx512dq;
   features["avx512_vnni"] = f.avx512_vnni;
   features["avx_vnni"] = f.avx_vnni;
+  features["amx_int8"] = f.amx_int8;
   features["os_ymm"] = f.os_ymm;
   features["os_zmm"] = f.os_zmm;
   py::list supported;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx_vnni, Isa::avx512_vnni})
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx_vnni, Isa::avx512_vnni, Isa::amx_int8})
     if (isa_supported(isa)) supported.append(isa_name(isa));
   py::dict info;
   info["features"] = features;

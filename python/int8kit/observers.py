@@ -34,7 +34,8 @@ class ObserverBase(nn.Module):
         qrange(bits, signed)  # validates bits
         if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
             raise ValueError(f"axis must be None or an int, got {axis!r}")
-        self.bits, self.symmetric, self.signed, self.axis = bits, bool(symmetric), bool(signed), axis
+        self.bits, self.symmetric, self.signed = bits, bool(symmetric), bool(signed)
+        self.axis = axis
         self.name = name
         self.register_buffer("min_val", torch.tensor([]))
         self.register_buffer("max_val", torch.tensor([]))
@@ -247,7 +248,7 @@ class HistogramObserver(_HistogramBase):
         cum = self.histogram.cumsum(1)
         total = cum[:, -1:]
         p = self.percentile / 100.0
-        upper = torch.searchsorted(cum, total * p - 1e-9).clamp_max(self.bins - 1)       # first >= p
+        upper = torch.searchsorted(cum, total * p - 1e-9).clamp_max(self.bins - 1)  # first >= p
         lower = torch.searchsorted(cum, total * (1 - p), right=True).clamp_max(self.bins - 1)
         edges = self._edges()
         lo = edges.gather(1, lower).squeeze(1)

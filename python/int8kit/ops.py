@@ -33,8 +33,9 @@ def _threads(threads: int | None) -> int:
 def _isa(isa: str | None) -> str:
     if isa is None:
         return ""
-    if isa not in ("scalar", "avx2", "avx_vnni", "avx512_vnni"):
+    if isa not in ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx_int8"):
         raise ValueError("isa must be one of 'scalar', 'avx2', 'avx_vnni', 'avx512_vnni', "
+                         "'amx_int8', "
                          f"got {isa!r}")
     if isa not in _SUPPORTED_PATHS:
         raise RuntimeError(f"kernel path {isa!r} cannot run on this CPU; "
@@ -43,7 +44,7 @@ def _isa(isa: str | None) -> str:
 
 
 def get_isa() -> str:
-    """The kernel path in use ('scalar', 'avx2', 'avx_vnni' or 'avx512_vnni')."""
+    """The kernel path in use ('scalar', 'avx2', 'avx_vnni', 'avx512_vnni' or 'amx_int8')."""
     return _C.active_isa()
 
 

@@ -59,7 +59,8 @@ class QConfig:
         w = _check_observer(self.weight, "QConfig.weight")
         if w.bits != 8 or not (w.signed and w.symmetric) or w.axis not in (None, 0):
             raise ValueError("QConfig.weight must observe 8-bit signed symmetric ranges, per "
-                             f"tensor (axis=None) or per output channel (axis=0), got {w.extra_repr()}")
+                             "tensor (axis=None) or per output channel (axis=0), "
+                             f"got {w.extra_repr()}")
 
 
 def default_qconfig() -> QConfig:
@@ -71,7 +72,8 @@ class QuantConfig:
 
     def __init__(self, global_qconfig: QConfig | None = None, *, activation=None, weight=None):
         if global_qconfig is not None and not isinstance(global_qconfig, QConfig):
-            raise TypeError(f"global_qconfig must be a QConfig, got {type(global_qconfig).__name__}")
+            raise TypeError("global_qconfig must be a QConfig, "
+                            f"got {type(global_qconfig).__name__}")
         base = global_qconfig or QConfig()
         if activation is not None or weight is not None:
             base = QConfig(activation or base.activation, weight or base.weight)

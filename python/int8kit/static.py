@@ -86,7 +86,8 @@ def prepare(model: nn.Module, config: QuantConfig | None = None, *, fuse: bool =
     if config is None:
         config = QuantConfig()
     if not isinstance(config, QuantConfig):
-        raise TypeError(f"config must be an int8kit.QuantConfig or None, got {type(config).__name__}")
+        raise TypeError("config must be an int8kit.QuantConfig or None, "
+                        f"got {type(config).__name__}")
     # remove_duplicate=False: a module used in two places answers to both names.
     config.check_names(n for n, _ in model.named_modules(remove_duplicate=False))
     work = copy.deepcopy(model).eval()
@@ -129,7 +130,8 @@ def calibrate(prepared: nn.Module, data, *, progress: bool = True,
     if isinstance(data, torch.Tensor):
         data = [data]
     if not isinstance(data, Iterable):
-        raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
+        raise TypeError("data must be a tensor or an iterable of batches, "
+                        f"got {type(data).__name__}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be None or a positive int, got {max_batches!r}")
     from tqdm.auto import tqdm

@@ -7,10 +7,11 @@
 namespace int8kit {
 
 // avx_vnni: AVX2 plus the VEX-encoded vpdpbusd (CPUs with VNNI but no AVX-512).
-enum class Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2, avx_vnni = 3 };
+// amx_int8: AVX-512 VNNI plus AMX tiles (tdpbusd) for the GEMM.
+enum class Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2, avx_vnni = 3, amx_int8 = 4 };
 
 const char* isa_name(Isa isa);
-// Parses "scalar" | "avx2" | "avx_vnni" | "avx512_vnni"; throws std::invalid_argument
+// Parses "scalar" | "avx2" | "avx_vnni" | "avx512_vnni" | "amx_int8"; throws std::invalid_argument
 // otherwise.
 Isa parse_isa(const std::string& name);
 // Whether this build has the path and this CPU (and OS) can run it.
