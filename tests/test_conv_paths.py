@@ -33,6 +33,15 @@ DEPTHWISE = [
     (1, 13, 10, 96, 96, 3, 1, 1, 1, 96),  # last block of 32 channels, 2 pixels per vector
 ]
 
+# K = KH*KW*in/groups >= 256: the AMX path convolves these by im2col + AMX GEMM (with
+# AMX's 16-row steps, a K tail and an odd panel), the others by implicit GEMM.
+DEEP_K = [
+    (1, 9, 11, 32, 40, 3, 1, 1, 1, 1),
+    (2, 7, 6, 64, 17, 3, 2, 1, 1, 1),
+    (1, 8, 9, 96, 64, 3, 1, 2, 2, 2),
+    (1, 6, 7, 300, 33, 1, 1, 0, 1, 1),
+]
+
 
 def _run_all(rng, path, shape):
     n, h, w_, c, oc, k, stride, padding, dilation, groups = shape
@@ -65,6 +74,11 @@ def test_strided_1x1_in_place(rng, path, shape):
         got = co.conv2d_s32(q, 77, co.pack_conv_weight(w, stride, padding, dilation, groups),
                             threads=threads, isa=path)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", DEEP_K)
+def test_deep_k_convs(rng, path, shape):
+    _run_all(rng, path, shape)
 
 
 @pytest.mark.parametrize("shape", DEPTHWISE)

@@ -35,6 +35,8 @@ constexpr int64_t kMinMacsPerThread = int64_t(1) << 19;
 constexpr int64_t kIm2colTileBytes = int64_t(192) << 10;  // per thread, well inside L2
 // Implicit GEMM scratch (the padded copy of x) always allowed: cheap however padded.
 constexpr double kPadCopyFloorBytes = double(1 << 20);
+// K from which the AMX path convolves by im2col + AMX GEMM (see conv_uses_implicit_gemm).
+constexpr int64_t kAmxIm2colMinK = 256;
 constexpr int64_t kPanelsPerUnit = 3;  // the GEMM's widest tile, where the path has no tile_panels
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -296,6 +298,10 @@ bool conv_uses_implicit_gemm(const ConvArgs& a, Isa isa) {
   const bool direct = p.kh == 1 && p.kw == 1 && p.pad_h == 0 && p.pad_w == 0 &&
                       p.stride_h == 1 && p.stride_w == 1;
   if (conv_is_depthwise(p) || direct || kernels_for(isa).gemm_gather_block == nullptr)
+    return false;
+  // AMX's GEMM on im2col tiles beats the VNNI implicit GEMM once K is a few tiles deep
+  // (1 thread, batch 1: ResNet-18's 3x3 convs 1.7-2.8x), not on a 1x1 conv's K = 64 (0.83x).
+  if (isa == Isa::amx_int8 && p.kh * p.kw * (p.in_channels / p.groups) >= kAmxIm2colMinK)
     return false;
   int64_t run_len = 0;
   if (implicit_runs(p, 1, &run_len).empty()) return false;
