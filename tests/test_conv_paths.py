@@ -33,13 +33,14 @@ DEPTHWISE = [
     (1, 13, 10, 96, 96, 3, 1, 1, 1, 96),  # last block of 32 channels, 2 pixels per vector
 ]
 
-# K = KH*KW*in/groups >= 256: the AMX path convolves these by im2col + AMX GEMM (with
-# AMX's 16-row steps, a K tail and an odd panel), the others by implicit GEMM.
+# K = KH*KW*in/groups >= 256: the AMX path convolves those with K % 64 == 0 by im2col +
+# AMX GEMM (16- and 32-row steps, an odd panel), the others by implicit GEMM.
 DEEP_K = [
     (1, 9, 11, 32, 40, 3, 1, 1, 1, 1),
     (2, 7, 6, 64, 17, 3, 2, 1, 1, 1),
-    (1, 8, 9, 96, 64, 3, 1, 2, 2, 2),
+    (1, 8, 9, 128, 64, 3, 1, 2, 2, 2),
     (1, 6, 7, 300, 33, 1, 1, 0, 1, 1),
+    (2, 5, 9, 256, 48, 1, 2, 0, 1, 1),
 ]
 
 

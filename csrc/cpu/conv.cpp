@@ -300,9 +300,10 @@ bool conv_uses_implicit_gemm(const ConvArgs& a, Isa isa) {
   if (conv_is_depthwise(p) || direct || kernels_for(isa).gemm_gather_block == nullptr)
     return false;
   // AMX's GEMM on im2col tiles beats the VNNI implicit GEMM once K is a few tiles deep
-  // (1 thread, batch 1: ResNet-18's 3x3 convs 1.7-2.8x), not on a 1x1 conv's K = 64 (0.83x).
-  if (isa == Isa::amx_int8 && p.kh * p.kw * (p.in_channels / p.groups) >= kAmxIm2colMinK)
-    return false;
+  // (1 thread, batch 1: ResNet-18's 3x3 convs 1.7-2.8x), not on a 1x1 conv's K = 64 (0.83x)
+  // nor where K % 64 leaves a tail for its VNNI finish (the digits CNN's K = 288: 0.6x).
+  const int64_t k = p.kh * p.kw * (p.in_channels / p.groups);
+  if (isa == Isa::amx_int8 && k >= kAmxIm2colMinK && k % 64 == 0) return false;
   int64_t run_len = 0;
   if (implicit_runs(p, 1, &run_len).empty()) return false;
   // Its scratch, at most the whole padded x, may be up to 4x the bytes of x and y: ordinary
