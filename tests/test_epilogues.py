@@ -15,9 +15,10 @@ import int8kit
 from int8kit import ops
 
 PATHS = int8kit.cpu_info()["supported_paths"]
-# (48, 192, 80), (47, 1000, 33): AMX's 32- and 16-row tile steps, an odd panel, a K tail
+# (48, 192, 80), (47, 1000, 33): AMX's 32- and 16-row tile steps, an odd panel, a K tail;
+# (290, 128, 33): a block tall enough for its rows-outer order
 SHAPES = [(1, 1, 1), (1, 40, 100), (3, 5, 17), (8, 64, 48), (9, 33, 50), (17, 130, 95),
-          (33, 7, 16), (4, 257, 33), (48, 192, 80), (47, 1000, 33)]
+          (33, 7, 16), (4, 257, 33), (48, 192, 80), (47, 1000, 33), (290, 128, 33)]
 COMBOS = list(itertools.product([False, True], [False, True], ["tensor", "channel"],
                                 ["tensor", "row"]))
 COMBO_IDS = [f"bias{int(b)}-relu{int(r)}-w{w}-a{a}" for b, r, w, a in COMBOS]

@@ -17,8 +17,9 @@ EDGE_SHAPES = [
     (2, 2, 2), (3, 7, 15), (5, 8, 16), (7, 9, 33), (8, 12, 48), (9, 13, 49), (11, 1, 70),
     (13, 31, 95), (16, 17, 64), (17, 66, 81), (24, 100, 112), (25, 4, 129), (33, 130, 31),
     (63, 67, 65), (64, 256, 256), (100, 57, 3), (129, 19, 18),
-    # AMX: 32- and 16-row tile steps with an odd panel; K tails of 40 and 3 bytes
-    (48, 192, 80), (47, 1000, 33), (80, 131, 47),
+    # AMX: 32- and 16-row tile steps with an odd panel; K tails of 40 and 3 bytes; a block
+    # tall enough for its rows-outer order
+    (48, 192, 80), (47, 1000, 33), (80, 131, 47), (300, 130, 70),
 ]
 
 

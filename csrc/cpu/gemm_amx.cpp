@@ -27,6 +27,7 @@ constexpr int kTileRows = 16;
 constexpr int kTileBytes = 64;                  // bytes of K per A-tile row
 constexpr int kGroupsPerTile = kTileBytes / 4;  // k-groups per B tile
 constexpr int64_t kKGroup = 4;
+constexpr int64_t kRowsOuterMinRows = 256;  // see gemm_block_amx
 
 // ldtilecfg's 64-byte operand, palette 1: every tile 16 rows x 64 bytes.
 struct alignas(64) TileConfig {
@@ -124,16 +125,24 @@ void gemm_block_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t p0, int64
     TileScope tiles;
     alignas(64) int32_t acc[32][32];
     const int64_t g0 = kt * kGroupsPerTile;
-    for (int64_t p = p0; p < p1; p += 2) {
-      const bool two_panels = p + 1 < p1;
-      for (int64_t m = m0; m < m_amx; m += 32) {
-        const bool two_rows = m + 32 <= m_amx;
-        if (two_rows && two_panels) tile_step<2, 2>(g, m, p, kt, acc);
-        else if (two_rows) tile_step<2, 1>(g, m, p, kt, acc);
-        else if (two_panels) tile_step<1, 2>(g, m, p, kt, acc);
-        else tile_step<1, 1>(g, m, p, kt, acc);
-        finish(g, m, two_rows ? 32 : 16, p, two_panels ? 2 : 1, g0, acc);
-      }
+    auto step = [&](int64_t m, int64_t p) {
+      const bool two_rows = m + 32 <= m_amx, two_panels = p + 1 < p1;
+      if (two_rows && two_panels) tile_step<2, 2>(g, m, p, kt, acc);
+      else if (two_rows) tile_step<2, 1>(g, m, p, kt, acc);
+      else if (two_panels) tile_step<1, 2>(g, m, p, kt, acc);
+      else tile_step<1, 1>(g, m, p, kt, acc);
+      finish(g, m, two_rows ? 32 : 16, p, two_panels ? 2 : 1, g0, acc);
+    };
+    // Rows outer for tall blocks: 32 rows of A stay in L1 across every panel pair while the
+    // weight streams in order, which the prefetchers follow (A/B, 1 thread: 1024^3 1.6x,
+    // 512x1024^2 1.35x, 2048^3 1.17x); panels outer for short ones, where each panel pair
+    // stays in L1 over all the rows (128x768x3072: rows outer was 0.79x).
+    if (m_amx - m0 >= kRowsOuterMinRows) {
+      for (int64_t m = m0; m < m_amx; m += 32)
+        for (int64_t p = p0; p < p1; p += 2) step(m, p);
+    } else {
+      for (int64_t p = p0; p < p1; p += 2)
+        for (int64_t m = m0; m < m_amx; m += 32) step(m, p);
     }
   }
   if (m_amx < m1) gemm_block_avx512vnni(g, m_amx, m1, p0, p1);
