@@ -13,11 +13,10 @@
 // over (fewer than 16) and weights with K < 64 take the AVX-512 VNNI kernel.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "epilogue_avx512.h"
+#include "k_group_avx512.h"
 #include "kernels.h"
 
 namespace int8kit::detail {
@@ -26,7 +25,6 @@ namespace {
 constexpr int kTileRows = 16;
 constexpr int kTileBytes = 64;                  // bytes of K per A-tile row
 constexpr int kGroupsPerTile = kTileBytes / 4;  // k-groups per B tile
-constexpr int64_t kKGroup = 4;
 constexpr int64_t kRowsOuterMinRows = 256;  // see gemm_block_amx
 
 // ldtilecfg's 64-byte operand, palette 1: every tile 16 rows x 64 bytes.
@@ -88,7 +86,6 @@ void tile_step(const GemmArgs& g, int64_t m, int64_t p, int64_t kt, int32_t (*ac
 // the zero point and stores the epilogue of rows m .. m+rows, panels p .. p+panels.
 void finish(const GemmArgs& g, int64_t m, int rows, int64_t p, int panels, int64_t g0,
             int32_t (*acc)[32]) {
-  const int64_t k = g.B.k;
   for (int j = 0; j < panels; ++j) {
     const int64_t n0 = (p + j) * 16;
     const int64_t valid = g.B.n - n0;
@@ -100,12 +97,9 @@ void finish(const GemmArgs& g, int64_t m, int rows, int64_t p, int panels, int64
       const int64_t row = m + i;
       __m512i sum = _mm512_loadu_si512(&acc[i][16 * j]);
       const uint8_t* a = g.A + row * g.lda;
-      for (int64_t grp = g0; grp < g.B.k_groups; ++grp) {
-        const int64_t k0 = grp * kKGroup;
-        int32_t v = 0;
-        std::memcpy(&v, a + k0, static_cast<size_t>(std::min<int64_t>(kKGroup, k - k0)));
-        sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi32(v), _mm512_loadu_si512(b + grp * 64));
-      }
+      for (int64_t grp = g0; grp < g.B.k_groups; ++grp)
+        sum = _mm512_dpbusd_epi32(sum, broadcast_group(a, grp, g.B.k),
+                                  _mm512_loadu_si512(b + grp * 64));
       const __m512i zp = _mm512_set1_epi32(g.a_zp[row * g.a_zp_stride]);
       const __m512i corrected = _mm512_sub_epi32(sum, _mm512_mullo_epi32(zp, colsum));
       const __m512 s =

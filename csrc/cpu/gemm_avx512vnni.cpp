@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "epilogue_avx512.h"
+#include "k_group_avx512.h"
 #include "kernels.h"
 
 namespace int8kit::detail {
@@ -35,18 +36,6 @@ struct Tile {
   bool first = false;       // first of its panel group's tiles in the row block
   const int8_t* pf_next = nullptr;  // a panel of the next panel group, to prefetch into L2
 };
-
-// Loads the 4 activation bytes of k-group `grp` of a row, reading no byte past K.
-inline __m512i broadcast_group(const uint8_t* row, int64_t grp, int64_t k) {
-  const int64_t k0 = grp * kKGroup;
-  int32_t v = 0;
-  if (k0 + kKGroup <= k) {
-    std::memcpy(&v, row + k0, kKGroup);
-  } else {
-    std::memcpy(&v, row + k0, static_cast<size_t>(k - k0));
-  }
-  return _mm512_set1_epi32(v);
-}
 
 // Corrects the MR x NP accumulators of a tile (acc[i * NP + j]: row m0 + i, columns
 // n0 + 16j ..) by a_zp * colsum where the zero point is per row (see init), applies the

@@ -177,13 +177,12 @@ def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=No
             and (threads is None or (type(threads) is int and threads > 0))):
         try:  # in and out as DLPack capsules: cheaper than numpy views (dlpack_io.h)
             cap = to_dlpack(a)
-        except (TypeError, RuntimeError, BufferError):
+        except (TypeError, RuntimeError, BufferError):  # e.g. no storage: checked below
             cap = None
-        if cap is not None:
-            out = _C.gemm_s32_dlpack(cap, a_zero_point, packed._view,
-                                     threads or torch.get_num_threads())
-            if out is not None:
-                return from_dlpack(out)
+        out = None if cap is None else _C.gemm_s32_dlpack(
+            cap, a_zero_point, packed._view, threads or torch.get_num_threads())
+        if out is not None:
+            return from_dlpack(out)
     buf = _packed_buffer(packed)
     arr, zp, is_torch = _activations(a, a_zero_point)
     # values (scales finite and > 0, bias finite) are checked by the kernel

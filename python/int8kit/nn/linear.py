@@ -122,15 +122,13 @@ class QuantLinear(QuantModuleBase):
         # the native call returns None for anything but a compact float32 CPU tensor with
         # in_features columns. Everything else is validated in full.
         if type(x) is torch.Tensor and x.dtype is torch.float32 and not use_custom_op(x):
-            y = None
             try:
                 cap = to_dlpack(x)
             except (RuntimeError, TypeError, BufferError):  # e.g. no storage
-                cap = None
-            if cap is not None:
-                y = _C.linear_dynamic_dlpack(cap, *self._kernel_views(),
-                                             self.activation_scheme == "per_row", self.relu,
-                                             self.threads or torch.get_num_threads())
+                return self._forward_checked(x)
+            y = _C.linear_dynamic_dlpack(cap, *self._kernel_views(),
+                                         self.activation_scheme == "per_row", self.relu,
+                                         self.threads or torch.get_num_threads())
             if y is not None:
                 return from_dlpack(y)
         return self._forward_checked(x)
