@@ -135,10 +135,13 @@ __attribute__((always_inline)) inline void finish3(const GemmArgs& e, const Bloc
   } else {
     __m512i out[4];
     xpose128(acc, out);
+    // Vector v starts 16 * v / w pixels in; w is a power of 2, and a shift, where a
+    // division cost 12 idiv per 16 vectors (float output 2.3x slower than uint8).
+    const int log2_w = __builtin_ctzll(static_cast<uint64_t>(w));
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
       if (!be.m[v]) break;
-      epi_store16_t<OUT, RELU>(e, off + 16 * v + 16 * v / w * gap, be.m[v],
+      epi_store16_t<OUT, RELU>(e, off + 16 * v + ((16 * v) >> log2_w) * gap, be.m[v],
                                _mm512_sub_epi32(out[v], be.zpcs[v]), be.s[v], be.bias[v]);
     }
   }
