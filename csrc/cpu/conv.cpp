@@ -50,9 +50,7 @@ std::pair<int64_t, int64_t> split(int64_t n, int64_t parts, int64_t i) {
 
 detail::DepthwiseRowsFn depthwise_for(Isa isa) {
 #if INT8KIT_HAVE_X86_KERNELS
-  // amx_int8 differs from avx512_vnni only in the GEMM
-  if (isa == Isa::avx512_vnni || isa == Isa::amx_int8)
-    return detail::depthwise_rows_avx512vnni;
+  if (detail::runs_avx512_kernels(isa)) return detail::depthwise_rows_avx512vnni;
   if (isa == Isa::avx_vnni) return detail::depthwise_rows_avxvnni;
   if (isa == Isa::avx2) return detail::depthwise_rows_avx2;
 #endif

@@ -81,7 +81,7 @@ bool conv2d_dynamic_f32(const ConvDynamicArgs& d, int nthreads, Isa isa, float* 
   if (d.x == nullptr || d.y == nullptr) throw std::invalid_argument("x or y is null");
   if (d.out_u8 && !d.y_nhwc) throw std::invalid_argument("a uint8 output must be NHWC");
   const detail::KernelTable& kt = detail::kernels_for(isa);
-  const bool v512 = isa == Isa::avx512_vnni || isa == Isa::amx_int8;
+  const bool v512 = detail::runs_avx512_kernels(isa);
   const int64_t c = p.in_channels, hw = d.h * d.w, total = d.n * c * hw;
   const int nt = threads_for(total, nthreads);
 

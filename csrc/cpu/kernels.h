@@ -72,6 +72,12 @@ int tile_panels_amx(int64_t panels);
 
 const KernelTable& kernels_for(Isa isa);
 
+// Whether the path's conv and quantization kernels are the AVX-512 ones: amx_int8 differs
+// from avx512_vnni only in the GEMM.
+inline bool runs_avx512_kernels(Isa isa) {
+  return isa == Isa::avx512_vnni || isa == Isa::amx_int8;
+}
+
 // Cache blocking shared by the GEMM driver and the AVX-512 kernel: a packed weight up to
 // 1 MB stays in L2 (2 MB per core on the CPUs this targets) beside the rows of A.
 constexpr int64_t kSmallRowBlockBytes = int64_t(64) << 10;

@@ -19,6 +19,8 @@ from ._validate import as_numpy, kernel_param, per_index, requant_params
 
 MAX_K: int = _C.MAX_K
 PANEL: int = _C.PANEL
+# Every kernel path, slowest first; those this CPU runs.
+_PATHS: tuple[str, ...] = ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx_int8")
 _SUPPORTED_PATHS: tuple[str, ...] = tuple(_C.cpu_info()["supported_paths"])
 
 
@@ -33,10 +35,8 @@ def _threads(threads: int | None) -> int:
 def _isa(isa: str | None) -> str:
     if isa is None:
         return ""
-    if isa not in ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx_int8"):
-        raise ValueError("isa must be one of 'scalar', 'avx2', 'avx_vnni', 'avx512_vnni', "
-                         "'amx_int8', "
-                         f"got {isa!r}")
+    if isa not in _PATHS:
+        raise ValueError(f"isa must be one of {', '.join(map(repr, _PATHS))}, got {isa!r}")
     if isa not in _SUPPORTED_PATHS:
         raise RuntimeError(f"kernel path {isa!r} cannot run on this CPU; "
                            f"supported: {list(_SUPPORTED_PATHS)}")
@@ -162,8 +162,6 @@ def _activations(a, a_zero_point):
     if signed:
         arr = arr.view(np.uint8) ^ np.uint8(0x80)
     return arr, zp, is_torch
-
-
 
 
 def _run(a, a_zero_point, packed, out_dtype, a_scale=None, w_scale=None, bias=None,
